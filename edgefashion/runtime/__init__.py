@@ -1,0 +1,1 @@
+"""The torch-free runtime: onnxruntime, OpenCV and numpy only. Nothing here may import torch."""

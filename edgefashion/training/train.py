@@ -1,0 +1,530 @@
+"""Training: a dataclass config, plain functions (`train_one_epoch`, `evaluate`, `fit`) and self-describing
+checkpoints (model name and args, labels, preprocessing, config, epoch) that rebuild their model alone.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import platform
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import __version__
+from ..meta import ModelMeta
+from .datasets import AUGMENTATIONS, DataBundle, Split, batch_to_input, load_data
+from .zoo import count_params, create_model, get_entry
+
+CHECKPOINT_FORMAT = "edgefashion-checkpoint"
+CHECKPOINT_VERSION = 1
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("plateau", "cosine", "none")
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on; the message says why and what was kept."""
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a run. None means "the model's recipe in the zoo, else the seeds' default" and is filled in
+    by `resolve_config`; the resolved config is what run folders and checkpoints record."""
+    model: str = "cnn4"
+    data: str = "fashion-mnist"
+    data_dir: str | None = None
+    img_size: int | None = None
+    in_chans: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    optimizer: str | None = None
+    lr: float | None = None
+    momentum: float | None = None
+    nesterov: bool | None = None
+    weight_decay: float | None = None
+    scheduler: str | None = None
+    warmup_epochs: int | None = None
+    early_stopping: bool | None = None
+    patience: int | None = None
+    plateau_factor: float = 0.3
+    plateau_patience: int = 3
+    augment: str | None = None
+    label_smoothing: float | None = None
+    val_fraction: float = 0.2
+    limit: int | None = None  # at most this many images per split (stratified, seeded): quick runs and tests
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # mixed precision on CUDA only
+    pretrained: bool = False
+    init_weights: str | None = None
+    eval_batch_size: int = 512
+
+
+def resolve_config(cfg: TrainConfig, data_kind: str | None = None) -> TrainConfig:
+    entry = get_entry(cfg.model)
+    filled = {}
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if v is None and f.name in entry.recipe:
+            # The zoo's recipe is complete: the model's own values over the seeds' common recipe (Adam 1e-3,
+            # early stopping patience 5, reduce-LR-on-plateau, at most 40 epochs).
+            v = entry.recipe[f.name]
+        filled[f.name] = v
+    if filled["img_size"] is None:
+        filled["img_size"] = entry.img_size
+    out = replace(cfg, **filled)
+    if out.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {out.optimizer!r}; choose from {OPTIMIZERS}")
+    if out.scheduler not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {out.scheduler!r}; choose from {SCHEDULERS}")
+    if out.augment not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {out.augment!r}; choose from {AUGMENTATIONS}")
+    for name in ("epochs", "batch_size", "img_size"):
+        if int(getattr(out, name)) < 1:
+            raise ValueError(f"{name} must be positive, got {getattr(out, name)}")
+    if not 0 < out.val_fraction < 1:
+        raise ValueError(f"val_fraction must be between 0 and 1, got {out.val_fraction}")
+    return out
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"--device {name}: CUDA is not available on this machine")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise TrainingError(f"--device {name}: MPS is not available on this machine")
+    return dev
+
+
+# --- checkpoints ------------------------------------------------------------------------------------------
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path` and rename it over, so a crash or Ctrl-C never leaves half a
+    file where a good one was."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_checkpoint(path: Path, ckpt: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint with weights_only=True (no pickled code runs) and check it is ours."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise TrainingError(f"{path}: no best.pt or last.pt in this folder")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise TrainingError(f"{path}: no such checkpoint") from None
+    except Exception as e:  # torch raises many types for truncated or foreign files
+        raise TrainingError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise TrainingError(f"{path}: not an edgefashion checkpoint")
+    if int(ckpt.get("version", 0)) > CHECKPOINT_VERSION:
+        raise TrainingError(f"{path}: checkpoint version {ckpt['version']} is newer than this edgefashion")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict) -> tuple[nn.Module, ModelMeta]:
+    """Rebuild the model a checkpoint describes, with its weights, in eval mode."""
+    args = ckpt["model_args"]
+    model = create_model(ckpt["model"], **args)
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    return model, ModelMeta.from_dict(ckpt["meta"])
+
+
+def load_init_weights(model: nn.Module, path: str | Path) -> dict:
+    """Initialise from a file: an edgefashion checkpoint or a plain state dict (e.g. timm weights saved by a
+    user with a network). Tensors whose shapes differ (a classifier for other classes) are left as they are,
+    and the function says which."""
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise TrainingError(f"--init-weights {path}: no such file") from None
+    except Exception as e:
+        raise TrainingError(f"--init-weights {path}: not a readable weights file ({type(e).__name__})") from None
+    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+        obj = obj["state_dict"]
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise TrainingError(f"--init-weights {path}: not a state dict of tensors")
+    own = model.state_dict()
+    loaded, skipped = {}, []
+    for k, v in obj.items():
+        if k in own and own[k].shape == v.shape:
+            loaded[k] = v
+        else:
+            skipped.append(k)
+    if not loaded:
+        raise TrainingError(f"--init-weights {path}: no tensor matches this model's names and shapes")
+    model.load_state_dict(loaded, strict=False)
+    missing = [k for k in own if k not in loaded]
+    return {"loaded": len(loaded), "skipped": skipped, "missing": missing}
+
+
+# --- one epoch, evaluation ----------------------------------------------------------------------------------
+
+def _autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return nullcontext()
+
+
+def _lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Per-step learning-rate factor for the warm-up and cosine schedules (plateau is handled per epoch)."""
+    total = cfg.epochs * steps_per_epoch
+    warm = cfg.warmup_epochs * steps_per_epoch
+    if step < warm:
+        return (step + 1) / warm
+    if cfg.scheduler == "cosine":
+        t = (step - warm) / max(1, total - warm)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    return 1.0
+
+
+def train_one_epoch(model: nn.Module, split: Split, meta: ModelMeta, optimizer: torch.optim.Optimizer,
+                    cfg: TrainConfig, epoch: int, *, device: torch.device, scaler=None, base_lrs=None,
+                    lr_scale: float = 1.0, progress: bool = True) -> dict:
+    """One pass over `split` in a seeded random order; returns loss, accuracy, images/s."""
+    model.train()
+    n = len(split)
+    bs = cfg.batch_size
+    steps = math.ceil(n / bs)
+    # Order, augmentation and dropout depend only on (seed, epoch): a resumed run sees the same batches.
+    g = torch.Generator(device=device)
+    g.manual_seed(cfg.seed * 100_003 + epoch)
+    torch.manual_seed(cfg.seed * 100_003 + epoch)
+    perm = torch.randperm(n, generator=g, device=device)
+    channels_last = device.type == "cuda"
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    t0 = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=n, desc=f"epoch {epoch}/{cfg.epochs}", unit="img", leave=False, file=sys.stderr,
+                   dynamic_ncols=True, mininterval=0.5)
+    try:
+        for i in range(steps):
+            if base_lrs is not None:
+                f = _lr_factor(cfg, (epoch - 1) * steps + i, steps) * lr_scale
+                for group, base in zip(optimizer.param_groups, base_lrs):
+                    group["lr"] = base * f
+            idx = perm[i * bs:(i + 1) * bs]
+            x = batch_to_input(split.x[idx], meta, cfg.augment, g)
+            y = split.y[idx]
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(device, cfg.amp):
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            loss_sum += loss.detach() * len(idx)
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += len(idx)
+            # Syncing with the device every step would stall a GPU; every 20 steps is enough to catch a NaN
+            # early and to update the bar.
+            if (i + 1) % 20 == 0 or i + 1 == steps:
+                running = (loss_sum / seen).item()
+                if not math.isfinite(running):
+                    raise TrainingError(f"loss became {running} in epoch {epoch} (step {i + 1}/{steps})")
+                if bar is not None:
+                    bar.update(seen - bar.n)
+                    bar.set_postfix(loss=f"{running:.4f}", acc=f"{correct.item() / seen:.4f}",
+                                    ips=f"{seen / (time.perf_counter() - t0):.0f}")
+    finally:
+        if bar is not None:
+            bar.close()
+    dt = time.perf_counter() - t0
+    return {"loss": (loss_sum / seen).item(), "acc": correct.item() / seen, "seconds": dt, "ips": seen / dt}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, meta: ModelMeta, *, device: torch.device, batch_size: int = 512,
+             amp: bool = True, num_classes: int | None = None) -> dict:
+    """Loss, accuracy, per-class accuracy and confusion matrix (rows: true class, columns: predicted)."""
+    model.eval()
+    k = num_classes or meta.num_classes
+    conf = torch.zeros(k, k, dtype=torch.long, device=device)
+    loss_sum = 0.0
+    for i in range(0, len(split), batch_size):
+        x = batch_to_input(split.x[i:i + batch_size], meta)
+        y = split.y[i:i + batch_size]
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, amp):
+            logits = model(x).float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        pred = logits.argmax(1)
+        conf += torch.bincount(y * k + pred, minlength=k * k).view(k, k)
+    conf_np = conf.cpu().numpy()
+    n = int(conf_np.sum())
+    per_class = conf_np.diagonal() / np.maximum(conf_np.sum(1), 1)
+    return {
+        "loss": loss_sum / max(n, 1),
+        "acc": float(conf_np.diagonal().sum() / max(n, 1)),
+        "per_class": per_class.tolist(),
+        "confusion": conf_np.tolist(),
+        "n": n,
+    }
+
+
+# --- the run ------------------------------------------------------------------------------------------------
+
+def default_run_dir(cfg: TrainConfig, base: str | Path = "runs") -> Path:
+    """runs/<model>-<data>, then -2, -3, ... so an earlier run is never overwritten."""
+    data_name = Path(cfg.data).name if os.sep in cfg.data else cfg.data
+    stem = Path(base) / f"{cfg.model}-{data_name}"
+    path, i = stem, 2
+    while path.exists():
+        path = Path(f"{stem}-{i}")
+        i += 1
+    return path
+
+
+def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # No weight decay on biases and norm layers: standard for ResNets, harmless elsewhere.
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=bool(cfg.nesterov and cfg.momentum))
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.Adam(groups, lr=cfg.lr)
+
+
+def _write_metrics_csv(path: Path, history: list[dict]) -> None:
+    if not history:
+        return
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(history[0].keys()))
+    w.writeheader()
+    w.writerows(history)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def fit(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool = False, progress: bool = True,
+        log=print) -> dict:
+    """Train `cfg.model` on `cfg.data`; write the run folder; return results.json's content.
+
+    With `resume`, continue from `out_dir/last.pt`: its config wins (except a larger `epochs`), and as order,
+    augmentation and dropout depend only on (seed, epoch), the resumed run reaches the same result.
+    """
+    start_epoch, ckpt = 1, None
+    if resume:
+        if out_dir is None:
+            raise TrainingError("--resume needs the run folder (--out DIR)")
+        out_dir = Path(out_dir)
+        ckpt = load_checkpoint(out_dir / "last.pt")
+        saved = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in {f.name for f in fields(TrainConfig)}})
+        epochs = max(saved.epochs, cfg.epochs) if cfg.epochs else saved.epochs
+        cfg = replace(saved, epochs=epochs, data_dir=cfg.data_dir or saved.data_dir, device=cfg.device)
+        start_epoch = int(ckpt["epoch"]) + 1
+    cfg = resolve_config(cfg)
+    out_dir = Path(out_dir) if out_dir is not None else default_run_dir(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    device = select_device(cfg.device)
+    entry = get_entry(cfg.model)
+    t_load = time.perf_counter()
+    bundle: DataBundle = load_data(cfg.data, cfg.data_dir, model=cfg.model, img_size=cfg.img_size,
+                                   in_chans=cfg.in_chans, val_fraction=cfg.val_fraction, seed=cfg.seed,
+                                   limit=cfg.limit, device=device)
+    meta = bundle.meta
+    cfg = replace(cfg, in_chans=meta.in_chans)
+    log(f"data: {bundle.name} ({', '.join(f'{k} {len(v)}' for k, v in bundle.splits.items())}) "
+        f"{meta.input_size}px x{meta.in_chans} in {time.perf_counter() - t_load:.1f}s; device {device}")
+
+    torch.manual_seed(cfg.seed)
+    model_args = {"num_classes": meta.num_classes, "in_chans": meta.in_chans, "img_size": meta.input_size}
+    model = create_model(cfg.model, pretrained=cfg.pretrained and ckpt is None, **model_args)
+    if cfg.init_weights and ckpt is None:
+        rep = load_init_weights(model, cfg.init_weights)
+        log(f"init weights: {rep['loaded']} tensors from {cfg.init_weights}; kept fresh: {len(rep['missing'])}")
+    model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    params = count_params(model)
+    optimizer = _make_optimizer(model, cfg)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.plateau_factor,
+                                                          patience=cfg.plateau_patience)
+               if cfg.scheduler == "plateau" else None)
+    scaler = None
+    if device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported():
+        scaler = torch.amp.GradScaler("cuda")
+
+    history: list[dict] = []
+    best = {"val_acc": -1.0, "epoch": 0}
+    bad_epochs = 0
+    train_seconds = 0.0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["state_dict"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if plateau is not None and ckpt.get("scheduler"):
+            plateau.load_state_dict(ckpt["scheduler"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        history = list(ckpt["history"])
+        best = dict(ckpt["best"])
+        bad_epochs = int(ckpt["bad_epochs"])
+        train_seconds = float(ckpt["train_seconds"])
+        log(f"resuming {out_dir} from epoch {start_epoch - 1}")
+
+    resolved = asdict(cfg)
+    atomic_write_text(out_dir / "config.json", json.dumps(resolved, indent=2) + "\n")
+
+    def checkpoint(epoch: int) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "edgefashion": __version__,
+            "model": cfg.model, "model_args": model_args, "meta": meta.to_dict(), "config": resolved,
+            "epoch": epoch, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(), "scheduler": plateau.state_dict() if plateau else {},
+            "scaler": scaler.state_dict() if scaler else {}, "history": history, "best": best,
+            "bad_epochs": bad_epochs, "train_seconds": train_seconds, "rng": _rng_state(device),
+        }
+
+    if ckpt is None:
+        save_checkpoint(out_dir / "last.pt", checkpoint(0))  # so Ctrl-C in epoch 1 still leaves a resumable run
+    log(f"model: {cfg.model} ({params:,} params) | {cfg.optimizer} lr {cfg.lr} | batch {cfg.batch_size} | "
+        f"augment {cfg.augment} | scheduler {cfg.scheduler} | epochs <= {cfg.epochs} | run folder {out_dir}")
+
+    stop_reason = "max epochs"
+    epoch = start_epoch - 1
+    try:
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            lr_scale = 1.0
+            if plateau is not None:
+                # ReduceLROnPlateau lowers group['lr']; keep the per-step warm-up relative to that.
+                lr_scale = optimizer.param_groups[0]["lr"] / base_lrs[0] if base_lrs[0] else 1.0
+            use_steps = cfg.scheduler == "cosine" or cfg.warmup_epochs > 0
+            tr = train_one_epoch(model, bundle.splits["train"], meta, optimizer, cfg, epoch, device=device,
+                                 scaler=scaler, base_lrs=base_lrs if use_steps else None, lr_scale=lr_scale,
+                                 progress=progress)
+            va = evaluate(model, bundle.splits["val"], meta, device=device, batch_size=cfg.eval_batch_size,
+                          amp=cfg.amp)
+            if not math.isfinite(va["loss"]):
+                raise TrainingError(f"validation loss became {va['loss']} in epoch {epoch}")
+            train_seconds += tr["seconds"]
+            lr_now = optimizer.param_groups[0]["lr"]
+            if plateau is not None:
+                plateau.step(va["acc"])
+            improved = va["acc"] > best["val_acc"]
+            if improved:
+                best = {"val_acc": va["acc"], "val_loss": va["loss"], "epoch": epoch}
+                bad_epochs = 0
+            else:
+                bad_epochs += 1
+            history.append({"epoch": epoch, "train_loss": round(tr["loss"], 6), "train_acc": round(tr["acc"], 6),
+                            "val_loss": round(va["loss"], 6), "val_acc": round(va["acc"], 6), "lr": lr_now,
+                            "seconds": round(tr["seconds"], 3), "images_per_s": round(tr["ips"], 1)})
+            if improved:
+                save_checkpoint(out_dir / "best.pt", checkpoint(epoch))
+            save_checkpoint(out_dir / "last.pt", checkpoint(epoch))
+            _write_metrics_csv(out_dir / "metrics.csv", history)
+            log(f"epoch {epoch:3d}/{cfg.epochs}  train loss {tr['loss']:.4f} acc {tr['acc']:.4f}  "
+                f"val loss {va['loss']:.4f} acc {va['acc']:.4f}  lr {lr_now:.2e}  "
+                f"{tr['seconds']:.1f}s ({tr['ips']:.0f} img/s){'  *' if improved else ''}")
+            if cfg.early_stopping and bad_epochs >= cfg.patience:
+                stop_reason = f"early stopping: no val accuracy gain in {cfg.patience} epochs"
+                break
+    except KeyboardInterrupt:
+        done = history[-1]["epoch"] if history else 0
+        log(f"\ninterrupted: {out_dir / 'last.pt'} holds epoch {done}; continue with "
+            f"`edgefashion train --resume --out {out_dir}`")
+        raise
+    except TrainingError as e:
+        done = history[-1]["epoch"] if history else 0
+        raise TrainingError(f"{e}; stopped, {out_dir / 'last.pt'} keeps the last good epoch ({done}); "
+                            f"try a lower --lr") from None
+
+    log(f"stopped: {stop_reason}; restoring the best epoch ({best['epoch']}, val acc {best['val_acc']:.4f})")
+    best_ckpt = load_checkpoint(out_dir / "best.pt", map_location=device)
+    model.load_state_dict(best_ckpt["state_dict"])
+    te = evaluate(model, bundle.splits["test"], meta, device=device, batch_size=cfg.eval_batch_size, amp=cfg.amp)
+    tr_eval = evaluate(model, bundle.splits["train"], meta, device=device, batch_size=cfg.eval_batch_size,
+                       amp=cfg.amp)
+    results = {
+        "model": cfg.model, "data": bundle.name, "labels": list(meta.labels), "params": params,
+        "img_size": meta.input_size, "in_chans": meta.in_chans,
+        "test_accuracy": te["acc"], "test_loss": te["loss"], "test_images": te["n"],
+        "per_class_accuracy": dict(zip(meta.labels, te["per_class"])),
+        "confusion_matrix": te["confusion"],
+        "train_accuracy": tr_eval["acc"], "best_val_accuracy": best["val_acc"], "best_epoch": best["epoch"],
+        "epochs_run": history[-1]["epoch"] if history else 0, "stop_reason": stop_reason,
+        "train_seconds": round(train_seconds, 2), "device": str(device),
+        "split_sizes": {k: len(v) for k, v in bundle.splits.items()},
+        "source": entry.source, "edgefashion": __version__, "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    try:
+        from .plots import plot_confusion, plot_curves
+        plot_curves(history, out_dir / "curves.png", title=f"{cfg.model} on {bundle.name}")
+        plot_confusion(np.asarray(te["confusion"]), list(meta.labels), out_dir / "confusion_matrix.png",
+                       title=f"{cfg.model}: test accuracy {te['acc']:.4f}")
+    except ImportError as e:  # matplotlib is in the [train] extra; say so rather than fail a finished run
+        log(f"plots skipped: {e}")
+    log(f"test accuracy {te['acc']:.4f} (loss {te['loss']:.4f}) on {te['n']} images; "
+        f"train {train_seconds:.0f}s; results in {out_dir}")
+    return results

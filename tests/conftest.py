@@ -1,0 +1,32 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("EDGEFASHION_DATA") or REPO.parent / "shared" / "data").resolve()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    root = data_root()
+    if not (root / "fashion-mnist").is_dir() or not (root / "clothing-small").is_dir():
+        pytest.skip(f"real data not found in {root}: set EDGEFASHION_DATA")
+    return root
+
+
+def run_cli(*args, cwd=None, env=None, check=True, timeout=600):
+    """Run `python -m edgefashion ARGS` as a user would, in a fresh process."""
+    e = dict(os.environ)
+    e["EDGEFASHION_DATA"] = str(data_root())
+    e.update(env or {})
+    p = subprocess.run([sys.executable, "-m", "edgefashion", *map(str, args)], cwd=cwd, env=e,
+                       capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"edgefashion {' '.join(map(str, args))} exited {p.returncode}\n{p.stdout}\n{p.stderr}")
+    return p

@@ -1,0 +1,149 @@
+"""Training end to end on real data: the CLI, the run folder, self-describing checkpoints, resume after an
+interruption, divergence, photo folders."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import data_root, run_cli
+from edgefashion.training.train import (TrainConfig, TrainingError, evaluate, fit, load_checkpoint,
+                                        load_init_weights, model_from_checkpoint, resolve_config)
+from edgefashion.training.datasets import load_data
+from edgefashion.training.zoo import create_model
+
+RUN_FILES = ["config.json", "metrics.csv", "best.pt", "last.pt", "results.json", "curves.png",
+             "confusion_matrix.png"]
+
+
+def test_cli_train_cnn4_fashion_mnist(shared_data, tmp_path):
+    out = tmp_path / "run"
+    p = run_cli("train", "--model", "cnn4", "--data", "fashion-mnist", "--epochs", "2", "--limit", "3000",
+                "--out", out, "--quiet")
+    assert "test accuracy" in p.stdout
+    for name in RUN_FILES:
+        assert (out / name).is_file(), name
+    res = json.loads((out / "results.json").read_text())
+    for key in ("test_accuracy", "test_loss", "per_class_accuracy", "best_val_accuracy", "epochs_run",
+                "train_seconds", "params"):
+        assert key in res
+    assert 0.6 < res["test_accuracy"] <= 1.0  # 2 epochs on a 3,000-image subset of each split
+    assert res["epochs_run"] == 2 and res["split_sizes"] == {"train": 3000, "val": 3000, "test": 3000}
+    assert len(res["per_class_accuracy"]) == 10
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["optimizer"] == "adam" and cfg["lr"] == 1e-3 and cfg["patience"] == 5  # the seeds' recipe
+
+    # The checkpoint rebuilds its model alone, and gives the reported test accuracy again.
+    ckpt = load_checkpoint(out / "best.pt")
+    assert ckpt["model"] == "cnn4" and ckpt["meta"]["labels"][0] == "T-shirt/top"
+    model, meta = model_from_checkpoint(ckpt)
+    bundle = load_data("fashion-mnist", shared_data, model="cnn4", img_size=28, in_chans=1, limit=3000)
+    ev = evaluate(model, bundle.splits["test"], meta, device=torch.device("cpu"))
+    assert ev["acc"] == pytest.approx(res["test_accuracy"], abs=1e-9)
+
+
+def _metrics(out: Path):
+    return list(csv.DictReader((out / "metrics.csv").open())) if (out / "metrics.csv").exists() else []
+
+
+def test_ctrl_c_then_resume_reaches_the_same_result(shared_data, tmp_path):
+    args = ["train", "--model", "cnn1", "--data", "fashion-mnist", "--epochs", "3", "--limit", "2000",
+            "--no-early-stopping", "--quiet"]
+    full = tmp_path / "full"
+    run_cli(*args, "--out", full)
+
+    out = tmp_path / "interrupted"
+    env = dict(os.environ, EDGEFASHION_DATA=str(data_root()))
+    proc = subprocess.Popen([sys.executable, "-m", "edgefashion", *args, "--out", str(out)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while len(_metrics(out)) < 1 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "--resume" in err or "--resume" in _  # tells the user how to continue
+    done = load_checkpoint(out / "last.pt")["epoch"]
+    assert 1 <= done < 3
+    assert not (out / "results.json").exists()
+
+    run_cli("train", "--resume", "--out", out, "--quiet")
+    a, b = _metrics(full), _metrics(out)
+    assert [r["val_acc"] for r in a] == [r["val_acc"] for r in b]
+    assert [r["train_loss"] for r in a] == [r["train_loss"] for r in b]
+    ra = json.loads((full / "results.json").read_text())
+    rb = json.loads((out / "results.json").read_text())
+    assert ra["test_accuracy"] == rb["test_accuracy"]
+
+
+def test_divergence_stops_with_clear_error_and_keeps_last_good_checkpoint(shared_data, tmp_path):
+    out = tmp_path / "nan"
+    cfg = TrainConfig(model="mlp2", data="fashion-mnist", data_dir=str(shared_data), optimizer="sgd",
+                      lr=1e12, epochs=2, limit=2000)
+    with pytest.raises(TrainingError, match=r"loss became (nan|inf).*last\.pt keeps the last good epoch \(0\)"):
+        fit(cfg, out, progress=False, log=lambda *a: None)
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+
+
+def test_cli_train_seq5_on_photo_folder(shared_data, tmp_path):
+    out = tmp_path / "seq5"
+    run_cli("train", "--model", "seq5", "--data", "clothing-small", "--img-size", "96", "--epochs", "2",
+            "--limit", "200", "--out", out, "--quiet")
+    for name in RUN_FILES:
+        assert (out / name).is_file(), name
+    res = json.loads((out / "results.json").read_text())
+    assert res["img_size"] == 96 and res["in_chans"] == 3 and len(res["labels"]) == 10
+    assert res["labels"] == sorted(res["labels"])
+    meta = load_checkpoint(out / "best.pt")["meta"]
+    assert meta["domain"] == "photo" and meta["input_size"] == 96 and meta["dataset"] == "clothing-small"
+
+
+def test_recipes_come_from_the_seeds():
+    assert resolve_config(TrainConfig(model="cnn2")).optimizer == "sgd"
+    assert resolve_config(TrainConfig(model="cnn4")).optimizer == "adam"
+    assert resolve_config(TrainConfig(model="mlp4")).early_stopping is True
+    assert resolve_config(TrainConfig(model="mlp2")).early_stopping is False
+    c = resolve_config(TrainConfig(model="cnn4", lr=0.01, epochs=3))
+    assert (c.lr, c.epochs, c.patience, c.plateau_factor) == (0.01, 3, 5, 0.3)
+    with pytest.raises(ValueError, match="unknown model"):
+        resolve_config(TrainConfig(model="nope"))
+
+
+def test_init_weights_from_local_file(tmp_path):
+    src = create_model("resnet20", num_classes=7)
+    path = tmp_path / "weights.pt"
+    torch.save(src.state_dict(), path)
+    dst = create_model("resnet20", num_classes=10)
+    rep = load_init_weights(dst, path)
+    # Everything but the 7-class head is taken over.
+    assert rep["skipped"] == ["fc.weight", "fc.bias"] or set(rep["skipped"]) == {k for k in src.state_dict()
+                                                                                 if k.startswith(("fc", "head", "classifier"))}
+    same = [k for k, v in dst.state_dict().items() if k in src.state_dict() and v.shape == src.state_dict()[k].shape]
+    assert all(torch.equal(dst.state_dict()[k], src.state_dict()[k]) for k in same)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainingError, match="junk.pt"):
+        load_init_weights(dst, tmp_path / "junk.pt")
+
+
+def test_bad_checkpoint_is_a_clear_error(tmp_path):
+    bad = tmp_path / "best.pt"
+    bad.write_bytes(b"\x00" * 100)
+    with pytest.raises(TrainingError, match="best.pt: not a readable checkpoint"):
+        load_checkpoint(bad)
+    torch.save({"hello": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(TrainingError, match="not an edgefashion checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    p = run_cli("train", "--model", "cnn4", "--data", tmp_path / "no-such-folder", check=False)
+    assert p.returncode == 1 and "no-such-folder" in p.stderr and "Traceback" not in p.stderr
