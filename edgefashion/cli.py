@@ -97,9 +97,12 @@ def zoo(domain, as_json):
               help="Run folder [default: runs/<model>-<data>, numbered if it exists].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--nproc", type=int, default=None,
+              help="Launch N DDP processes on this machine through torchrun (one per GPU; gloo on CPU). "
+                   "--batch-size is per process.")
 def train(model, data, data_dir, epochs, batch_size, lr, optimizer, momentum, weight_decay, scheduler,
           warmup_epochs, early_stopping, patience, augment, label_smoothing, img_size, in_chans, val_fraction,
-          limit, seed, device, no_amp, pretrained, init_weights, out, resume, quiet):
+          limit, seed, device, no_amp, pretrained, init_weights, out, resume, quiet, nproc):
     """Train a zoo model; writes a run folder with config.json, metrics.csv, best.pt, last.pt, results.json,
     curves.png and confusion_matrix.png.
 
@@ -107,8 +110,11 @@ def train(model, data, data_dir, epochs, batch_size, lr, optimizer, momentum, we
     edgefashion train --model cnn4 --data fashion-mnist --epochs 3
     edgefashion train --model seq5 --data clothing-small --img-size 96 --epochs 2
     edgefashion train --resume --out runs/cnn4-fashion-mnist
+    torchrun --nproc_per_node 4 -m edgefashion train --model resnet18 --data clothing-small
     """
     _need_torch()
+    if nproc is not None and nproc > 1:
+        _relaunch_with_torchrun(nproc)
     from .training.train import TrainConfig, TrainingError, fit
 
     cfg = TrainConfig(model=model, data=data, data_dir=data_dir, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -123,6 +129,28 @@ def train(model, data, data_dir, epochs, batch_size, lr, optimizer, momentum, we
         sys.exit(130)
     except (TrainingError, ValueError, *_user_errors()) as e:
         raise click.ClickException(str(e)) from None
+
+
+def _relaunch_with_torchrun(nproc: int) -> None:
+    """`--nproc N`: the same command under PyTorch's own launcher, on this machine only. Clusters call torchrun
+    (or their scheduler's wrapper of it) directly."""
+    import subprocess
+
+    from .training.distributed import launched_by_torchrun
+    if launched_by_torchrun():
+        return
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "edgefashion", *args]
+    click.echo(f"launching: {' '.join(cmd[1:])}", err=True)
+    sys.exit(subprocess.call(cmd))
 
 
 @cli.group()
@@ -187,4 +215,3 @@ def main():
 
 if __name__ == "__main__":
     main()
-

@@ -71,7 +71,7 @@ def _to_tensor(images: np.ndarray, labels: np.ndarray, device: torch.device) -> 
 
 def load_data(data: str, data_dir: str | Path | None, *, model: str, img_size: int, in_chans: int | None,
               val_fraction: float = 0.2, seed: int = 0, limit: int | None = None,
-              device: torch.device | str = "cpu", download: bool = True) -> DataBundle:
+              device: torch.device | str = "cpu", download: bool = True, quiet: bool = False) -> DataBundle:
     """Load `data` (a set's name or a class-folder path) as uint8 tensors on `device`, with train/val/test
     splits. Validation comes from the set's own split, else a stratified seeded `val_fraction` of train."""
     device = torch.device(device)
@@ -99,7 +99,8 @@ def load_data(data: str, data_dir: str | Path | None, *, model: str, img_size: i
     for name, (paths, y) in ds.splits.items():
         idx = _subset(y, limit, seed)
         sel = [paths[i] for i in idx]
-        print(f"decoding {len(sel)} {name} images at {img_size}px from {path}", file=sys.stderr)
+        if not quiet:
+            print(f"decoding {len(sel)} {name} images at {img_size}px from {path}", file=sys.stderr)
         x, kept = efdata.load_images(sel, lambda bgr: prepare(bgr, meta))
         info["skipped"][name] = len(sel) - len(kept)
         splits[name] = _to_tensor(x, y[idx][kept], device)
