@@ -39,6 +39,8 @@ def test_cli_train_cnn4_fashion_mnist(shared_data, tmp_path):
     assert len(res["per_class_accuracy"]) == 10
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
+    again = run_cli("train", "--model", "cnn4", "--epochs", "1", "--out", out, check=False)
+    assert again.returncode == 1 and "holds a run already" in again.stderr  # nothing is overwritten
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["optimizer"] == "adam" and cfg["lr"] == 1e-3 and cfg["patience"] == 5  # the seeds' recipe
 

@@ -418,6 +418,9 @@ def _fit(cfg: TrainConfig, out_dir, *, resume: bool, progress: bool, log, dist: 
     # Rank 0 picks the (numbered) run folder; the others learn its name.
     out_dir = broadcast_object(str(out_dir) if out_dir is not None else str(default_run_dir(cfg)), dist)
     out_dir = Path(out_dir)
+    if not resume and (out_dir / "last.pt").exists():
+        # Never train over a finished or interrupted run: its checkpoints would be lost.
+        raise TrainingError(f"{out_dir}: holds a run already; continue it with --resume or pick another --out")
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
 
