@@ -209,6 +209,239 @@ def data_info(name_or_path, data_dir, as_json):
     click.echo(f"{'total':<16}" + "".join(f"{sum(counts[s]):>8}" for s in splits))
 
 
+# --- export / inspect (training half for export; inspect is torch-free) ---
+
+@cli.command("export")
+@click.argument("src", metavar="RUN_DIR_OR_CHECKPOINT", type=click.Path(exists=True))
+@click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
+              help="Export folder [default: export/<model>-<dataset>]; replaced only when every check passes.")
+@click.option("--quantize", type=click.Choice(["int8", "dynamic", "none", "auto"]), default="int8",
+              show_default=True, help="int8: static QDQ, calibration chosen on val; dynamic: for MLPs; "
+                                      "auto: int8 for now.")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17 or newer).")
+@click.option("--calib-size", type=int, default=300, show_default=True, help="Training images for calibration.")
+@click.option("--max-drop", type=float, default=0.5, show_default=True,
+              help="Largest INT8 test-accuracy loss, in percentage points, before the export fails.")
+@click.option("--allow-drop", is_flag=True, help="Keep the export (with a warning) when INT8 loses more.")
+@click.option("--data-dir", default=None, help="Data root [default: the run's, else $EDGEFASHION_DATA].")
+@click.option("--parity-images", type=int, default=256, show_default=True,
+              help="Validation images for the PyTorch vs onnxruntime parity check.")
+@click.option("--calib-methods", default="minmax,entropy,percentile", show_default=True,
+              help="Calibration methods to try (comma-separated).")
+@click.option("--latency-runs", type=int, default=200, show_default=True, help="Timed runs for latency (median).")
+def export_cmd(src, out, quantize, opset, calib_size, max_drop, allow_drop, data_dir, parity_images,
+               calib_methods, latency_runs):
+    """Export a trained run to ONNX (model.onnx) and INT8 (model.int8.onnx), verified, with report.json and
+    report.md.
+
+    \b
+    edgefashion export runs/cnn4-fashion-mnist
+    edgefashion export runs/mlp2-fashion-mnist --quantize dynamic --out export/mlp2
+    """
+    _need_torch()
+    from .runtime.classifier import ModelError
+    from .training.export import ExportError, export_checkpoint
+    from .training.quantize import QuantizeError
+    from .training.train import TrainingError
+
+    methods = tuple(m.strip().lower() for m in calib_methods.split(",") if m.strip())
+    try:
+        r = export_checkpoint(src, out, quantize=quantize, opset=opset, calib_size=calib_size, max_drop=max_drop,
+                              allow_drop=allow_drop, data_dir=data_dir, parity_images=parity_images,
+                              calib_methods=methods, latency_runs=latency_runs, log=click.echo)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except (ExportError, QuantizeError, TrainingError, ModelError, ValueError, *_user_errors()) as e:
+        raise click.ClickException(str(e)) from None
+    f, i = r["fp32"], r.get("int8")
+    click.echo(f"\n{'':<8}{'size':>12}{'test acc':>10}{'val acc':>10}{'b1 t1 ms':>10}")
+    for name, d in (("fp32", f), ("int8", i)):
+        if d:
+            click.echo(f"{name:<8}{d['size_bytes'] / 1024:>10.1f}KB{d['test_accuracy']:>10.4f}"
+                       f"{d['val_accuracy']:>10.4f}{d['latency_ms_b1_t1']:>10.3f}")
+    p = r["parity"]
+    click.echo(f"parity: {p['top1_agreement']:.2%} top-1 agreement on {p['images']} images, "
+               f"max |logit diff| {p['max_abs_logit_diff']:.2e}")
+    if i:
+        click.echo(f"int8: {i['method']} per_channel={i['per_channel']} reduce_range={i['reduce_range']}; "
+                   f"size {r['size_ratio']:.1%} of fp32; drop {r['accuracy_drop_pp']:+.2f} pp")
+    click.echo(f"-> {r['out_dir']}")
+
+
+@cli.command("inspect")
+@click.argument("model_path", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="The metadata as JSON.")
+def inspect_cmd(model_path, as_json):
+    """Show an exported model's metadata: labels, input, preprocessing, provenance (no torch needed)."""
+    from .meta import MetaError
+    from .runtime.classifier import Classifier, ModelError
+    try:
+        clf = Classifier(model_path, threads=1)
+    except (ModelError, MetaError, FileNotFoundError) as e:
+        raise click.ClickException(str(e)) from None
+    m = clf.meta
+    if as_json:
+        click.echo(json.dumps(m.to_dict(), indent=2))
+        return
+    click.echo(f"{model_path}: {m.model}, {m.num_classes} classes, input {m.in_chans}x{m.input_size}x{m.input_size}")
+    click.echo(f"labels: {', '.join(m.labels)}")
+    click.echo(f"preprocessing: domain {m.domain}, resize {m.resize} ({m.interpolation}), colour {m.color}, "
+               f"mean {list(m.mean)}, std {list(m.std)}")
+    for k, v in m.extra.items():
+        click.echo(f"{k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}")
+
+
+# --- predict / eval / camera: the torch-free runtime ---
+# torch-free: these commands import only edgefashion.runtime, .data and .meta (tests/test_architecture.py).
+
+_THREADS_HELP = "onnxruntime intra-op threads [default: onnxruntime's choice, one per physical core]."
+
+
+def _runtime_errors():
+    from .meta import MetaError
+    from .runtime.classifier import ModelError
+    from .runtime.sources import SourceError
+    return (ModelError, MetaError, SourceError, ValueError, *_user_errors())
+
+
+def _classifier(model, kind, threads, spin=False):
+    from .runtime.classifier import Classifier
+    from .runtime.models import resolve_model
+    return Classifier(resolve_model(model, kind), threads=threads, spin=spin)
+
+
+@cli.command("predict")
+@click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
+@click.option("--model", "-m", default=None, help="Exported .onnx [default: the bundled photo model, see export/].")
+@click.option("--top-k", "-k", type=int, default=3, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help='JSON lines: {"image", "label", "prob", "top"} or {"image", "error"}.')
+@click.option("--threads", type=int, default=None, help=_THREADS_HELP)
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Images per onnxruntime call.")
+def predict_cmd(images, model, top_k, as_json, threads, batch_size):
+    """Classify image files: one line (or JSON object) per image, in the order given. An unreadable image is
+    an error for that file alone (on stderr; an "error" key with --json); the exit status is 1 if any failed.
+    """
+    from .data import DataError, read_image
+    try:
+        clf = _classifier(model, "photo", threads)
+        if top_k < 1 or batch_size < 1:
+            raise ValueError("--top-k and --batch-size must be positive")
+    except _runtime_errors() as e:
+        raise click.ClickException(str(e)) from None
+    failed = 0
+    for s in range(0, len(images), batch_size):
+        chunk = images[s:s + batch_size]
+        decoded, errors = {}, {}
+        for p in chunk:
+            try:
+                decoded[p] = read_image(p)
+            except DataError as e:
+                errors[p] = str(e)
+        preds = dict(zip(decoded, clf.predict_images(list(decoded.values()), top_k=top_k)))
+        for p in chunk:
+            if p in errors:
+                failed += 1
+                click.echo(f"edgefashion: error: {errors[p]}", err=True)
+                if as_json:
+                    click.echo(json.dumps({"image": p, "error": errors[p]}))
+                continue
+            r = preds[p]
+            if as_json:
+                click.echo(json.dumps({"image": p, "label": r.label, "prob": round(r.prob, 5),
+                                       "top": [{"label": lab, "prob": round(pr, 5)}
+                                               for lab, pr in zip(r.labels, r.probs)]}))
+            else:
+                click.echo(f"{p}: " + ", ".join(f"{lab} {pr:.3f}" for lab, pr in zip(r.labels, r.probs)))
+    if failed:
+        sys.exit(1)
+
+
+@cli.command("eval")
+@click.option("--model", "-m", default=None,
+              help="Exported .onnx [default: the bundled model for the data's kind, see export/].")
+@click.option("--data", "-d", required=True, help="fashion-mnist, clothing-small, or a folder of class folders.")
+@click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True,
+              help="all: every image of the data set (a folder's splits together, or the whole unsplit folder).")
+@click.option("--data-dir", default=None, help="Data root [default: $EDGEFASHION_DATA, else ~/.cache/edgefashion].")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: accuracy (a fraction), per_class_accuracy, "
+                                                      "confusion_matrix, images_per_s, ...")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write the confusion matrix as a PNG.")
+@click.option("--limit", type=int, default=None, help="At most N images (stratified, seeded).")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--threads", type=int, default=None, help=_THREADS_HELP)
+def eval_cmd(model, data, split, data_dir, as_json, plot, limit, batch_size, threads):
+    """Accuracy, per-class accuracy, confusion matrix and images/s of an exported model on Fashion-MNIST or a
+    folder with one sub-folder per class. Classes are matched to the model's labels by name.
+    """
+    from .runtime.evaluate import evaluate, format_report
+    from .runtime.plots import save_confusion_png
+    try:
+        clf = _classifier(model, "fashion-mnist" if data == "fashion-mnist" else "photo", threads)
+        r = evaluate(clf, data, split, data_dir=data_dir, limit=limit, batch_size=batch_size)
+        if plot:
+            save_confusion_png(r.confusion, r.labels, plot,
+                               title=f"{clf.meta.model} on {data} ({split}): accuracy {r.accuracy:.4f}")
+    except _runtime_errors() as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(json.dumps(r.to_dict()) if as_json else format_report(r))
+
+
+@cli.command("camera")
+@click.option("--model", "-m", default=None, help="Exported .onnx [default: the bundled photo model, see export/].")
+@click.option("--source", "-s", default="0", show_default=True,
+              help="Webcam index (0), rtsp:// or http:// URL, video file, image or folder of images, or demo "
+                   "(a simulated camera of the model's labelled test images; shows live accuracy).")
+@click.option("--threads", type=int, default=None, help=_THREADS_HELP)
+@click.option("--spin/--no-spin", default=False, show_default=True,
+              help="Let onnxruntime's idle threads spin-wait (session.intra_op.allow_spinning). Off by default: "
+                   "spinning burns a core between frames (heat and throttling on a Raspberry Pi) for little gain.")
+@click.option("--headless", is_flag=True, help="No window (no display needed).")
+@click.option("--json", "as_json", is_flag=True,
+              help='One JSON object per frame on stdout ({"frame", "top", "label", "uncertain", "latency_ms"}), '
+                   'then {"summary": {...}}.')
+@click.option("--max-frames", type=int, default=None, help="Stop after N frames.")
+@click.option("--record", type=click.Path(dir_okay=False), default=None, help="Write the overlaid frames to an .mp4.")
+@click.option("--realtime", is_flag=True, help="Pace files, folders and demo at their frame rate "
+                                               "[default: as fast as the loop runs].")
+@click.option("--top-k", "-k", type=int, default=3, show_default=True)
+@click.option("--smooth", type=float, default=0.5, show_default=True,
+              help="EMA weight of the newest frame's probabilities (1 = no smoothing; image folders are never "
+                   "smoothed).")
+@click.option("--threshold", type=float, default=0.5, show_default=True,
+              help="Below this smoothed top probability a frame says 'uncertain' instead of guessing.")
+@click.option("--retries", type=int, default=None,
+              help="Reconnect attempts when a live source drops [default: $EDGEFASHION_CAMERA_RETRIES, else 5].")
+@click.option("--retry-delay", type=float, default=None,
+              help="Seconds before the first reconnect, doubling up to 8 [default: "
+                   "$EDGEFASHION_CAMERA_RETRY_DELAY, else 0.5].")
+@click.option("--data-dir", default=None, help="Data root for --source demo.")
+def camera_cmd(model, source, threads, spin, headless, as_json, max_frames, record, realtime, top_k, smooth,
+               threshold, retries, retry_delay, data_dir):
+    """Classify frames live with an overlay of the top-3 labels, probabilities, FPS and latency.
+
+    Live sources are read on a capture thread that keeps only the newest frame; files are read in order.
+    q, Esc, Ctrl-C or the end of the stream stops with a summary: frames, mean FPS, latency p50/p95 per
+    stage, peak memory, and accuracy for labelled sources (demo, class folders).
+
+    onnxruntime spin policy: idle intra-op threads do NOT spin-wait unless --spin is given.
+
+    \b
+    edgefashion camera --source demo
+    edgefashion camera --model export/cnn4-fashion-mnist/model.int8.onnx --source clip.mp4 --headless --json
+    """
+    from .runtime.camera import CameraOptions, run_camera
+    from .runtime.models import resolve_model
+    try:
+        opt = CameraOptions(model=resolve_model(model, "photo"), source=source, threads=threads, spin=spin,
+                            headless=headless, json=as_json, max_frames=max_frames,
+                            record=Path(record) if record else None, realtime=realtime, top_k=top_k,
+                            smooth=smooth, threshold=threshold, retries=retries, retry_delay=retry_delay,
+                            data_dir=data_dir)
+        run_camera(opt)
+    except _runtime_errors() as e:
+        raise click.ClickException(str(e)) from None
+
+
 def main():
     cli(prog_name="edgefashion")
 

@@ -48,3 +48,17 @@ def test_training_command_without_torch_names_the_extra():
 def test_python_dash_m_works():
     p = subprocess.run([sys.executable, "-m", "edgefashion", "--help"], capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 0 and "train" in p.stdout and "zoo" in p.stdout
+
+
+def test_runtime_commands_run_without_torch(tmp_path, shared_data):
+    """predict, eval and camera (on a video) with torch, torchvision and timm blocked (issue 4)."""
+    from test_runtime_torchfree import commands, tiny_runtime_files
+    model, video, photos = tiny_runtime_files(tmp_path)
+    for args in commands(model, video, photos):
+        p = _run("import sys; from edgefashion.cli import cli\n"
+                 "try:\n"
+                 f"    cli({args!r}, prog_name='edgefashion')\n"
+                 "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+                 f"assert not [m for m in sys.modules if m.split('.')[0] in {HEAVY!r}]")
+        assert p.returncode == 0, (args, p.stderr)
+        assert p.stdout.strip(), args

@@ -1,0 +1,133 @@
+"""Classifier: one exported ONNX file -> an onnxruntime session, its ModelMeta, and top-k predictions.
+
+onnxruntime + numpy + OpenCV only (through preprocess): this is what runs on the Raspberry Pi. The file's
+``metadata_props`` are the only source of labels and preprocessing; a model without them is refused.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from ..meta import ModelMeta
+from .preprocess import preprocess
+
+
+class ModelError(ValueError):
+    """A file that is not a loadable ONNX model; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Top-k result for one image, best first."""
+    labels: tuple[str, ...]
+    indices: tuple[int, ...]
+    probs: tuple[float, ...]
+
+    @property
+    def label(self) -> str:
+        return self.labels[0]
+
+    @property
+    def index(self) -> int:
+        return self.indices[0]
+
+    @property
+    def prob(self) -> float:
+        return self.probs[0]
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "index": self.index, "prob": self.prob,
+                "top": [{"label": l, "index": i, "prob": p} for l, i, p in zip(self.labels, self.indices, self.probs)]}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax; subtracting the row maximum keeps exp() from overflowing on large logits."""
+    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def session_options(threads: int | None = None, spin: bool = False) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        if int(threads) < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        so.intra_op_num_threads = int(threads)
+        so.inter_op_num_threads = 1
+    # onnxruntime's worker threads spin-wait for work by default; between camera frames that keeps a whole
+    # core busy doing nothing, which on a Raspberry Pi costs heat and throttling. Off unless asked for.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin else "0")
+    return so
+
+
+def read_meta(path: str | Path) -> ModelMeta:
+    """ModelMeta of an ONNX file, read through onnxruntime (no onnx package needed)."""
+    return Classifier(path, threads=1).meta
+
+
+class Classifier:
+    """An exported edgefashion model ready to classify images.
+
+    >>> clf = Classifier("export/cnn4-fashion-mnist/model.int8.onnx", threads=2)
+    >>> clf.predict_images([cv2.imread("shirt.jpg")])[0].label
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None, spin: bool = False) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no such model file")
+        try:
+            # Providers named explicitly: onnxruntime warns (and newer versions may refuse) otherwise, and a
+            # GPU build must not silently pick another provider with other numerics.
+            self.session = ort.InferenceSession(str(self.path), sess_options=session_options(threads, spin),
+                                                providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelError(f"{self.path}: not a valid ONNX model ({msg[:200]})") from None
+        props = self.session.get_modelmeta().custom_metadata_map
+        self.meta = ModelMeta.from_onnx_props(props, source=str(self.path))
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ModelError(f"{self.path}: expected one input and one output, got {len(inputs)} and {len(outputs)}")
+        self.input_name = inputs[0].name
+        self.output_name = outputs[0].name
+        self.threads = threads
+        self.spin = spin
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.meta.labels
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """float32 (N, C, H, W) normalised batch -> (N, num_classes) logits."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        m = self.meta
+        if x.ndim != 4 or x.shape[1:] != (m.in_chans, m.input_size, m.input_size):
+            raise ValueError(f"{self.path}: expected input (N, {m.in_chans}, {m.input_size}, {m.input_size}), "
+                             f"got {x.shape}")
+        return self.session.run([self.output_name], {self.input_name: x})[0]
+
+    def probs(self, x: np.ndarray) -> np.ndarray:
+        return softmax(self.logits(x))
+
+    def predict_images(self, images: Sequence[np.ndarray], top_k: int = 3) -> list[Prediction]:
+        """Images as OpenCV decodes them (BGR, BGRA or grey uint8) -> one Prediction each."""
+        if not len(images):
+            return []
+        return self.predictions(self.probs(preprocess(images, self.meta)), top_k)
+
+    def predictions(self, probs: np.ndarray, top_k: int = 3) -> list[Prediction]:
+        k = max(1, min(int(top_k), self.meta.num_classes))
+        # argsort on the negated row: stable, so equal probabilities keep label order.
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        return [Prediction(labels=tuple(self.meta.labels[i] for i in row), indices=tuple(int(i) for i in row),
+                           probs=tuple(float(p[i]) for i in row)) for row, p in zip(order, probs)]
+
+    def __repr__(self) -> str:
+        return f"Classifier({str(self.path)!r}, model={self.meta.model!r}, classes={self.meta.num_classes})"

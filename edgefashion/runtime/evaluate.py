@@ -1,0 +1,200 @@
+"""`edgefashion eval`: accuracy, per-class accuracy, confusion matrix and throughput of an exported model on
+Fashion-MNIST IDX files or a class-folder data set, torch-free.
+
+A data set's classes are matched to the model's labels by name, never by position: a folder with only some
+of the classes, in another order, still scores right, and a class the model does not know is an error.
+Photos are decoded, prepared and classified batch by batch, so memory stays flat on large folders.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .. import data as efdata
+from ..data import DataError
+from .preprocess import normalize, prepare
+
+SPLITS = ("test", "val", "train", "all")
+
+
+def _norm(name: str) -> str:
+    return "".join(ch for ch in name.casefold() if ch.isalnum())
+
+
+def match_labels(data_labels: Sequence[str], model_labels: Sequence[str], source: str = "data") -> List[int]:
+    """For each data-set class, the index of the model label with the same name: exact first, else the same
+    letters and digits ignoring case and punctuation ("T-Shirt" = "t_shirt" = "t-shirt"), when that is unique.
+    A class with no match is a DataError naming it and the model's labels."""
+    model_labels = list(model_labels)
+    exact = {lab: i for i, lab in enumerate(model_labels)}
+    loose: Dict[str, List[int]] = {}
+    for i, lab in enumerate(model_labels):
+        loose.setdefault(_norm(lab), []).append(i)
+    out, unknown = [], []
+    for name in data_labels:
+        if name in exact:
+            out.append(exact[name])
+        elif len(loose.get(_norm(name), ())) == 1:
+            out.append(loose[_norm(name)][0])
+        else:
+            unknown.append(name)
+    if unknown:
+        raise DataError(f"{source}: class {', '.join(repr(u) for u in unknown)} not among the model's labels "
+                        f"({', '.join(model_labels)})")
+    if len(set(out)) != len(out):
+        raise DataError(f"{source}: two classes map to the same model label ({list(data_labels)})")
+    return out
+
+
+@dataclass
+class EvalResult:
+    data: str
+    split: str
+    labels: tuple  # the model's labels: rows/columns of `confusion`
+    confusion: np.ndarray  # (K, K) int64, rows: true, columns: predicted
+    seconds: float  # decode + preprocess + inference
+    inference_seconds: float
+    skipped: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def images(self) -> int:
+        return int(self.confusion.sum())
+
+    @property
+    def accuracy(self) -> float:
+        return float(np.trace(self.confusion) / max(1, self.images))
+
+    def per_class(self) -> Dict[str, Optional[float]]:
+        """Recall of each model label; None for a class the data has no image of."""
+        rows = self.confusion.sum(1)
+        return {lab: (float(self.confusion[i, i] / rows[i]) if rows[i] else None)
+                for i, lab in enumerate(self.labels)}
+
+    def to_dict(self) -> dict:
+        n = self.images
+        return {"data": self.data, "split": self.split, "images": n, "accuracy": self.accuracy,
+                "per_class_accuracy": self.per_class(), "labels": list(self.labels),
+                "confusion_matrix": self.confusion.tolist(), "skipped": self.skipped,
+                "seconds": round(self.seconds, 4),
+                "images_per_s": round(n / self.seconds, 1) if self.seconds else None,
+                "inference_images_per_s": round(n / self.inference_seconds, 1) if self.inference_seconds else None,
+                **self.extra}
+
+
+def _limit(y: np.ndarray, limit: Optional[int], seed: int = 0) -> np.ndarray:
+    """Indices of at most `limit` samples, stratified and seeded (all of them without a limit)."""
+    if limit is None or limit >= len(y):
+        return np.arange(len(y))
+    if limit < 1:
+        raise ValueError(f"--limit must be positive, got {limit}")
+    _, sub = efdata.stratified_split(y, limit / len(y), seed)
+    return sub
+
+
+def _load_fashion_mnist(path: Path, split: str, seed: int = 0):
+    raw = efdata.load_fashion_mnist(path.parent if path.name == efdata.FASHION_MNIST_DIR else path,
+                                    download=False)
+    if split == "all":
+        x = np.concatenate([raw["train"][0], raw["test"][0]])
+        return x, np.concatenate([raw["train"][1], raw["test"][1]])
+    if split == "test":
+        return raw["test"]
+    # The same validation split training uses: a stratified, seeded 20% of train.
+    x, y = raw["train"]
+    keep, val = efdata.stratified_split(y, 0.2, seed)
+    idx = val if split == "val" else keep
+    return x[idx], y[idx]
+
+
+def evaluate(clf, data: str, split: str = "test", *, data_dir: Optional[str] = None, limit: Optional[int] = None,
+             batch_size: int = 64, seed: int = 0, progress: Optional[Callable[[int, int], None]] = None
+             ) -> EvalResult:
+    """Evaluate Classifier `clf` on `data` (fashion-mnist, clothing-small, or a class folder)."""
+    if split not in SPLITS:
+        raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be positive, got {batch_size}")
+    meta = clf.meta
+    root = efdata.resolve_data_root(data_dir)
+    kind, path = efdata.resolve_dataset(data, root, download=False)
+    k = meta.num_classes
+    conf = np.zeros((k, k), np.int64)
+    t_inf = 0.0
+    skipped = 0
+    t0 = time.perf_counter()
+
+    def run(batch_u8: np.ndarray, truth: np.ndarray) -> None:
+        nonlocal t_inf
+        t = time.perf_counter()
+        pred = clf.logits(normalize(batch_u8, meta)).argmax(1)
+        t_inf += time.perf_counter() - t
+        np.add.at(conf, (truth, pred), 1)
+
+    if kind == "fashion-mnist":
+        x, y = _load_fashion_mnist(path, split, seed)
+        to_model = np.asarray(match_labels(efdata.FASHION_MNIST_LABELS, meta.labels, str(path)))
+        idx = _limit(y, limit, seed)
+        x, y = x[idx], to_model[y[idx]]
+        t0 = time.perf_counter()  # the IDX files are read once; time what a device repeats per image
+        for s in range(0, len(y), batch_size):
+            run(np.stack([prepare(im, meta) for im in x[s:s + batch_size]]), y[s:s + batch_size])
+            if progress:
+                progress(min(s + batch_size, len(y)), len(y))
+    else:
+        ds = efdata.load_folder_dataset(path, seed=seed)
+        parts = ("train", "val", "test") if split == "all" else (split,)
+        paths: List[Path] = [p for s in parts for p in ds.splits[s][0]]
+        y = np.concatenate([ds.splits[s][1] for s in parts])
+        to_model = np.asarray(match_labels(ds.labels, meta.labels, str(ds.root)))
+        idx = _limit(y, limit, seed)
+        paths, y = [paths[i] for i in idx], to_model[y[idx]]
+        if not paths:
+            raise DataError(f"{ds.root}: no images in split {split!r}")
+
+        def load(p: Path) -> Optional[np.ndarray]:
+            try:
+                return prepare(efdata.read_image(p), meta)
+            except DataError:
+                return None
+
+        bad: List[Path] = []
+        # OpenCV decodes and resizes without the GIL: threads overlap decoding with each other.
+        with ThreadPoolExecutor() as pool:
+            for s in range(0, len(paths), batch_size):
+                chunk = list(pool.map(load, paths[s:s + batch_size]))
+                ok = [i for i, im in enumerate(chunk) if im is not None]
+                bad += [paths[s + i] for i, im in enumerate(chunk) if im is None]
+                if ok:
+                    run(np.stack([chunk[i] for i in ok]), y[s:s + batch_size][ok])
+                if progress:
+                    progress(min(s + batch_size, len(paths)), len(paths))
+        skipped = len(bad)
+        if bad:
+            warnings.warn(f"skipped {len(bad)} unreadable image(s) in {ds.root} ({', '.join(map(str, bad[:3]))}"
+                          f"{', ...' if len(bad) > 3 else ''})", stacklevel=2)
+        if skipped == len(paths):
+            raise DataError(f"{ds.root}: none of the {skipped} images could be read")
+    seconds = time.perf_counter() - t0
+    return EvalResult(data=str(data), split=split, labels=tuple(meta.labels), confusion=conf, seconds=seconds,
+                      inference_seconds=t_inf, skipped=skipped, extra={"model": str(clf.path)})
+
+
+def format_report(r: EvalResult) -> str:
+    d = r.to_dict()
+    lines = [f"{d['model']} on {d['data']} ({d['split']}, {d['images']} images): accuracy {d['accuracy']:.4f}",
+             f"{d['images_per_s']} images/s end to end, {d['inference_images_per_s']} images/s inference"]
+    if r.skipped:
+        lines.append(f"skipped {r.skipped} unreadable images")
+    w = max(len(s) for s in r.labels)
+    lines.append(f"{'class':<{w}}  {'acc':>6}  {'n':>6}")
+    rows = r.confusion.sum(1)
+    for i, (lab, acc) in enumerate(r.per_class().items()):
+        lines.append(f"{lab:<{w}}  {'-' if acc is None else f'{acc:.3f}':>6}  {rows[i]:>6}")
+    return "\n".join(lines)

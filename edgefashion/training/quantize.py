@@ -1,0 +1,293 @@
+"""INT8 quantization with onnxruntime: static QDQ post-training quantization calibrated on images that went
+through the runtime's preprocessing, and dynamic quantization for MLPs.
+
+Static quantization tries every (calibration method x per-channel on/off) candidate and keeps the one with the
+best accuracy on the VALIDATION split; the test split is only ever used afterwards, for the accuracy guard.
+
+Instruction set and integer saturation (onnxruntime's guidance, quantize_static's docstring and
+https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html): x86 CPUs with AVX2 or AVX-512
+but without VNNI multiply u8 x s8 pairs with VPMADDUBSW, whose 16-bit intermediate sum can saturate; 7-bit
+weights (reduce_range) avoid it. With VNNI (avx512_vnni / avx_vnni) the products are accumulated in 32 bits and
+full-range weights are safe. ARM (NEON, the Raspberry Pi) does not have the problem and its kernels prefer
+symmetric int8 activations. The settings are chosen for the CPU that runs the export because that is where the
+report's INT8 accuracy is measured; they are recorded in the report.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+
+
+class QuantizeError(RuntimeError):
+    """Quantization that failed; the message says which step and file."""
+
+
+# --- the CPU and the settings it calls for -----------------------------------------------------------------------
+
+def detect_cpu(cpuinfo: str | None = None, machine: str | None = None) -> dict:
+    """ISA facts that matter for INT8 kernels, from /proc/cpuinfo's flags (Linux) and the machine type.
+    `cpuinfo`/`machine` can be passed to describe another CPU (tests, or choosing for a target device)."""
+    machine = (machine or platform.machine() or "").lower()
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            cpuinfo = ""
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        # x86 calls the list "flags", ARM Linux calls it "Features".
+        if key.strip().lower() in ("flags", "features"):
+            flags.update(value.split())
+    arm = machine in ("aarch64", "arm64") or machine.startswith("arm")
+    return {
+        "machine": machine,
+        "arm": arm,
+        "neon": arm and (machine in ("aarch64", "arm64") or "neon" in flags or "asimd" in flags),
+        "avx2": "avx2" in flags,
+        "avx512": "avx512f" in flags and "avx512bw" in flags,
+        "avx512_vnni": "avx512_vnni" in flags,
+        "avx_vnni": "avx_vnni" in flags,
+        "known": bool(flags) or arm,
+    }
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    activation_type: str  # "QUInt8" or "QInt8"
+    weight_type: str
+    reduce_range: bool
+    isa: str  # what the choice was made for
+    reason: str
+
+
+def choose_settings(cpu: dict) -> QuantSettings:
+    if cpu.get("arm"):
+        return QuantSettings("QInt8", "QInt8", False, "arm-neon",
+                             "ARM/NEON: no u8s8 saturation; symmetric int8 activations suit the ARM kernels (S8S8)")
+    if cpu.get("avx512_vnni") or cpu.get("avx_vnni"):
+        which = "avx512_vnni" if cpu.get("avx512_vnni") else "avx_vnni"
+        return QuantSettings("QUInt8", "QInt8", False, f"x86-{which}",
+                             f"x86 with {which}: VNNI accumulates u8s8 products in 32 bits, no saturation, so "
+                             f"full 8-bit weights (U8S8, reduce_range off)")
+    if cpu.get("avx2") or cpu.get("avx512"):
+        which = "avx512" if cpu.get("avx512") else "avx2"
+        return QuantSettings("QUInt8", "QInt8", True, f"x86-{which}-no-vnni",
+                             f"x86 {which} without VNNI: u8s8 pairs can saturate the 16-bit intermediate sums "
+                             f"(VPMADDUBSW), so weights are quantized to 7 bits (reduce_range on)")
+    # Unknown CPU (no /proc/cpuinfo, an old x86): the setting that is safe everywhere.
+    return QuantSettings("QUInt8", "QInt8", True, "unknown",
+                         "CPU features unknown: reduce_range on, which avoids u8s8 saturation on any x86 CPU")
+
+
+# --- calibration data ------------------------------------------------------------------------------------------
+
+def _calibration_reader(x: np.ndarray, input_name: str, max_batch: int = 32):
+    """A CalibrationDataReader over a float32 NCHW array that already went through runtime preprocessing."""
+    from onnxruntime.quantization import CalibrationDataReader
+    # All batches must have the same size: onnxruntime's histogram calibrators (Entropy, Percentile) stack the
+    # per-batch outputs and fail on a shorter last batch. So the largest divisor of len(x) up to max_batch.
+    batch_size = max(d for d in range(1, min(max_batch, max(len(x), 1)) + 1) if len(x) % d == 0)
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = iter([np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32)
+                                  for i in range(0, len(x), batch_size)])
+
+        def get_next(self):
+            b = next(self._batches, None)
+            return None if b is None else {input_name: b}
+
+        def rewind(self) -> None:
+            self.__init__()
+
+    return _Reader()
+
+
+def _input_name(path: Path) -> str:
+    import onnx
+    m = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in m.graph.initializer}
+    names = [i.name for i in m.graph.input if i.name not in inits]
+    if len(names) != 1:
+        raise QuantizeError(f"{path}: expected one graph input, got {names}")
+    return names[0]
+
+
+def preprocess_for_quantization(src: Path, dst: Path) -> None:
+    """onnxruntime's recommended pre-step: symbolic shape inference + graph optimisation (BatchNorm folding,
+    etc.), so the quantizer sees the graph that will actually run and every tensor has a shape."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    try:
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
+    except Exception as e:
+        raise QuantizeError(f"{src}: quantization pre-processing failed ({type(e).__name__}: {e})") from None
+
+
+# --- evaluation ------------------------------------------------------------------------------------------------
+
+def onnx_logits(path: str | Path, x: np.ndarray, batch_size: int = 256, threads: int | None = None) -> np.ndarray:
+    """Logits of an ONNX file (no metadata needed: candidates and pre-processed files have none)."""
+    import onnxruntime as ort
+
+    from ..runtime.classifier import session_options
+    sess = ort.InferenceSession(str(path), sess_options=session_options(threads),
+                                providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    out = [sess.run(None, {name: np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32)})[0]
+           for i in range(0, len(x), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def onnx_accuracy(path: str | Path, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
+    if len(x) == 0:
+        raise QuantizeError("no images to measure accuracy on")
+    return float((onnx_logits(path, x, batch_size).argmax(1) == np.asarray(y)).mean())
+
+
+# --- static and dynamic quantization --------------------------------------------------------------------------
+
+def _qtype(name: str):
+    from onnxruntime.quantization import QuantType
+    return getattr(QuantType, name)
+
+
+def _calib_method(name: str):
+    from onnxruntime.quantization import CalibrationMethod
+    table = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+             "percentile": CalibrationMethod.Percentile}
+    if name not in table:
+        raise QuantizeError(f"unknown calibration method {name!r}; choose from {CALIB_METHODS}")
+    return table[name]
+
+
+def quantize_static_file(pre_path: Path, out_path: Path, calib_x: np.ndarray, settings: QuantSettings, *,
+                         method: str = "minmax", per_channel: bool = True) -> None:
+    """One static QDQ quantization of an already pre-processed model."""
+    from onnxruntime.quantization import QuantFormat, quantize_static
+    if len(calib_x) == 0:
+        raise QuantizeError("static quantization needs calibration images (--calib-size > 0)")
+    reader = _calibration_reader(calib_x, _input_name(pre_path))
+    try:
+        # The histogram calibrators print progress with print(); keep the export's own log readable.
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(str(pre_path), str(out_path), reader, quant_format=QuantFormat.QDQ,
+                            per_channel=per_channel, reduce_range=settings.reduce_range,
+                            activation_type=_qtype(settings.activation_type),
+                            weight_type=_qtype(settings.weight_type), calibrate_method=_calib_method(method),
+                            # onnxruntime's default percentile, written out so the code states it.
+                            extra_options={"CalibPercentile": 99.999} if method == "percentile" else None)
+    except QuantizeError:
+        raise
+    except Exception as e:
+        raise QuantizeError(f"{pre_path}: static quantization ({method}, per_channel={per_channel}) failed "
+                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def quantize_static_search(fp32_path: Path, out_path: Path, calib_x: np.ndarray, val_x: np.ndarray,
+                           val_y: np.ndarray, settings: QuantSettings, *,
+                           methods: Sequence[str] = CALIB_METHODS, per_channel: Iterable[bool] = (False, True),
+                           log: Callable[[str], None] = print) -> dict:
+    """Quantize `fp32_path` with every (method, per_channel) candidate, measure each on the validation split,
+    write the best to `out_path` and return the quantization report (settings, chosen, candidates).
+
+    Preference on equal validation accuracy follows the order tried: MinMax before Entropy before Percentile
+    (simplest), per-tensor before per-channel (fewer scales, a little faster)."""
+    methods = [m.lower() for m in methods]
+    for m in methods:
+        _calib_method(m)
+    per_channel = list(per_channel)
+    if not methods or not per_channel:
+        raise QuantizeError("no quantization candidates to try")
+    if len(val_x) == 0:
+        raise QuantizeError("choosing a calibration needs validation images")
+    work = Path(tempfile.mkdtemp(prefix=".quant-", dir=Path(out_path).parent))
+    try:
+        pre = work / "pre.onnx"
+        preprocess_for_quantization(Path(fp32_path), pre)
+        candidates, best, best_path = [], None, None
+        for m in methods:
+            for pc in per_channel:
+                path = work / f"{m}-{'pc' if pc else 'pt'}.onnx"
+                t0 = time.perf_counter()
+                quantize_static_file(pre, path, calib_x, settings, method=m, per_channel=pc)
+                acc = onnx_accuracy(path, val_x, val_y)
+                c = {"method": m, "per_channel": pc, "val_accuracy": acc, "size_bytes": path.stat().st_size,
+                     "seconds": round(time.perf_counter() - t0, 2)}
+                candidates.append(c)
+                log(f"  int8 candidate {m:<10} per_channel={str(pc):<5} val acc {acc:.4f}")
+                if best is None or acc > best["val_accuracy"]:
+                    best, best_path = c, path
+        shutil.copyfile(best_path, out_path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"mode": "static", "format": "QDQ", "method": best["method"], "per_channel": best["per_channel"],
+            **_settings_dict(settings), "calib_size": int(len(calib_x)), "calib_split": "train",
+            "selected_on": f"val ({len(val_x)} images)", "candidates": candidates}
+
+
+def quantize_dynamic_file(fp32_path: Path, out_path: Path, settings: QuantSettings) -> dict:
+    """Dynamic quantization: int8 weights, activations quantized per batch at run time (MatMulInteger /
+    ConvInteger). Suits MLPs, whose cost is their weight matrices."""
+    from onnxruntime.quantization import quantize_dynamic
+    work = Path(tempfile.mkdtemp(prefix=".quant-", dir=Path(out_path).parent))
+    try:
+        pre = work / "pre.onnx"
+        preprocess_for_quantization(Path(fp32_path), pre)
+        try:
+            quantize_dynamic(str(pre), str(out_path), per_channel=False, reduce_range=settings.reduce_range,
+                             weight_type=_qtype(settings.weight_type))
+        except Exception as e:
+            raise QuantizeError(f"{fp32_path}: dynamic quantization failed ({type(e).__name__}: {e})") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    s = _settings_dict(settings)
+    s["activation_type"] = "QUInt8 (dynamic, per batch)"  # DynamicQuantizeLinear always produces uint8
+    return {"mode": "dynamic", "format": "QOperator (MatMulInteger/ConvInteger)", "method": "dynamic",
+            "per_channel": False, **s, "calib_size": 0, "candidates": []}
+
+
+def _settings_dict(s: QuantSettings) -> dict:
+    d = asdict(s)
+    return {"activation_type": d["activation_type"], "weight_type": d["weight_type"],
+            "reduce_range": d["reduce_range"], "isa": d["isa"], "reason": d["reason"]}
+
+
+# --- latency ---------------------------------------------------------------------------------------------------
+
+def measure_latency(path: str | Path, input_shape: Sequence[int], *, runs: int = 200, warmup: int = 20,
+                    threads: int = 1) -> dict:
+    """Batch latency of an ONNX file on `threads` intra-op threads: median and p90 over `runs` timed runs
+    after `warmup` untimed ones (the first runs pay for allocation and kernel selection)."""
+    import onnxruntime as ort
+
+    from ..runtime.classifier import session_options
+    sess = ort.InferenceSession(str(path), sess_options=session_options(threads),
+                                providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    x = np.random.default_rng(0).standard_normal(tuple(input_shape)).astype(np.float32)
+    for _ in range(warmup):
+        sess.run(None, {name: x})
+    times = np.empty(runs)
+    for i in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, {name: x})
+        times[i] = time.perf_counter() - t0
+    return {"median_ms": round(float(np.median(times) * 1e3), 4), "p90_ms": round(float(np.percentile(times, 90) * 1e3), 4),
+            "runs": runs, "threads": threads, "batch": int(input_shape[0])}
+
+
+def file_size(path: str | Path) -> int:
+    return os.path.getsize(path)
