@@ -209,6 +209,42 @@ def data_info(name_or_path, data_dir, as_json):
     click.echo(f"{'total':<16}" + "".join(f"{sum(counts[s]):>8}" for s in splits))
 
 
+@cli.command()
+@click.option("--suite", type=click.Choice(["fashion-mnist", "photos"]), required=True)
+@click.option("--epochs-scale", type=float, default=1.0, show_default=True,
+              help="Multiply every recipe's epoch budget (e.g. 0.1 for a quick pass).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--models", default=None, help="Comma-separated subset of the suite's models.")
+@click.option("--data-dir", default=None)
+@click.option("--limit", type=int, default=None, help="At most N images per split (quick runs).")
+@click.option("--img-size", type=int, default=None, help="Input size for the photo models [default: each model's].")
+@click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
+              help="Run folders [default: runs/reproduce-<suite>].")
+@click.option("--table-dir", type=click.Path(file_okay=False), default="benchmarks", show_default=True,
+              help="Where the table goes (reproduce-<suite>.md and .json).")
+def reproduce(suite, epochs_scale, device, models, data_dir, limit, img_size, out, table_dir):
+    """Train, export and quantize every zoo model of a suite with its seed recipe, and write one table with
+    the seed report's figures beside ours. Resumable: finished models are not retrained.
+
+    \b
+    edgefashion reproduce --suite fashion-mnist
+    edgefashion reproduce --suite photos --img-size 96 --epochs-scale 0.5
+    """
+    _need_torch()
+    from .training.export import ExportError
+    from .training.reproduce import reproduce as run
+    from .training.train import TrainingError
+
+    try:
+        run(suite, out=out, table_dir=table_dir, epochs_scale=epochs_scale, device=device, data_dir=data_dir,
+            models=[m.strip() for m in models.split(",")] if models else None, limit=limit, img_size=img_size,
+            command="edgefashion " + " ".join(sys.argv[1:]), log=click.echo)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except (TrainingError, ExportError, ValueError, *_user_errors()) as e:
+        raise click.ClickException(str(e)) from None
+
+
 # --- export / inspect (training half for export; inspect is torch-free) ---
 
 @cli.command("export")
