@@ -253,7 +253,7 @@ def reproduce(suite, epochs_scale, device, models, data_dir, limit, img_size, ou
               help="Export folder [default: export/<model>-<dataset>]; replaced only when every check passes.")
 @click.option("--quantize", type=click.Choice(["int8", "dynamic", "none", "auto"]), default="int8",
               show_default=True, help="int8: static QDQ, calibration chosen on val; dynamic: for MLPs; "
-                                      "auto: int8 for now.")
+                                      "auto: int8 kept only if faster here at accuracy within --max-drop.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17 or newer).")
 @click.option("--calib-size", type=int, default=300, show_default=True, help="Training images for calibration.")
 @click.option("--max-drop", type=float, default=0.5, show_default=True,
@@ -265,8 +265,12 @@ def reproduce(suite, epochs_scale, device, models, data_dir, limit, img_size, ou
 @click.option("--calib-methods", default="minmax,entropy,percentile", show_default=True,
               help="Calibration methods to try (comma-separated).")
 @click.option("--latency-runs", type=int, default=200, show_default=True, help="Timed runs for latency (median).")
+@click.option("--check-arm", is_flag=True,
+              help="Also score both files under an emulated Raspberry Pi 4 (qemu-aarch64; see arm-check) on "
+                   "--arm-subset test images: report.json's \"arm\", and the accuracy guard applies to it.")
+@click.option("--arm-subset", type=int, default=2000, show_default=True, help="Test images for --check-arm.")
 def export_cmd(src, out, quantize, opset, calib_size, max_drop, allow_drop, data_dir, parity_images,
-               calib_methods, latency_runs):
+               calib_methods, latency_runs, check_arm, arm_subset):
     """Export a trained run to ONNX (model.onnx) and INT8 (model.int8.onnx), verified, with report.json and
     report.md.
 
@@ -284,7 +288,8 @@ def export_cmd(src, out, quantize, opset, calib_size, max_drop, allow_drop, data
     try:
         r = export_checkpoint(src, out, quantize=quantize, opset=opset, calib_size=calib_size, max_drop=max_drop,
                               allow_drop=allow_drop, data_dir=data_dir, parity_images=parity_images,
-                              calib_methods=methods, latency_runs=latency_runs, log=click.echo)
+                              calib_methods=methods, latency_runs=latency_runs, log=click.echo,
+                              check_arm=check_arm, arm_subset=arm_subset)
     except KeyboardInterrupt:
         sys.exit(130)
     except (ExportError, QuantizeError, TrainingError, ModelError, ValueError, *_user_errors()) as e:
@@ -301,6 +306,8 @@ def export_cmd(src, out, quantize, opset, calib_size, max_drop, allow_drop, data
     if i:
         click.echo(f"int8: {i['method']} per_channel={i['per_channel']} reduce_range={i['reduce_range']}; "
                    f"size {r['size_ratio']:.1%} of fp32; drop {r['accuracy_drop_pp']:+.2f} pp")
+    if r.get("auto"):
+        click.echo(f"auto: kept {r['auto']['kept']} ({r['auto']['reason']})")
     click.echo(f"-> {r['out_dir']}")
 
 
@@ -405,7 +412,10 @@ def predict_cmd(images, model, top_k, as_json, threads, batch_size):
 @click.option("--limit", type=int, default=None, help="At most N images (stratified, seeded).")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--threads", type=int, default=None, help=_THREADS_HELP)
-def eval_cmd(model, data, split, data_dir, as_json, plot, limit, batch_size, threads):
+@click.option("--predictions", type=click.Path(dir_okay=False), default=None,
+              help='Write each image\'s predicted and true label index, in evaluation order, as JSON '
+                   '({"labels", "predicted", "truth"}): to compare machines (edgefashion arm-check).')
+def eval_cmd(model, data, split, data_dir, as_json, plot, limit, batch_size, threads, predictions):
     """Accuracy, per-class accuracy, confusion matrix and images/s of an exported model on Fashion-MNIST or a
     folder with one sub-folder per class. Classes are matched to the model's labels by name.
     """
@@ -417,6 +427,10 @@ def eval_cmd(model, data, split, data_dir, as_json, plot, limit, batch_size, thr
         if plot:
             save_confusion_png(r.confusion, r.labels, plot,
                                title=f"{clf.meta.model} on {data} ({split}): accuracy {r.accuracy:.4f}")
+        if predictions:
+            Path(predictions).write_text(json.dumps({
+                "model": str(clf.path), "data": str(data), "split": split, "limit": limit, "labels": list(r.labels),
+                "predicted": r.predicted.tolist(), "truth": r.truth.tolist()}) + "\n")
     except _runtime_errors() as e:
         raise click.ClickException(str(e)) from None
     click.echo(json.dumps(r.to_dict()) if as_json else format_report(r))
@@ -476,6 +490,120 @@ def camera_cmd(model, source, threads, spin, headless, as_json, max_frames, reco
         run_camera(opt)
     except _runtime_errors() as e:
         raise click.ClickException(str(e)) from None
+
+
+@cli.command("bench")
+@click.option("--model", "-m", "models", multiple=True, type=click.Path(dir_okay=False),
+              help="Exported .onnx file; repeat for several [default: every model.onnx and model.int8.onnx in export/].")
+@click.option("--threads", default="1", show_default=True, help="onnxruntime intra-op thread counts, e.g. 1,2.")
+@click.option("--batch", default="1", show_default=True, help="Batch sizes, e.g. 1,32.")
+@click.option("--warmup", type=int, default=20, show_default=True, help="Untimed runs before timing.")
+@click.option("--runs", type=int, default=200, show_default=True, help="Timed runs per setting (median, p90, p99).")
+@click.option("--block", type=int, default=10, show_default=True,
+              help="Runs in a row per file (and baseline) in each interleaved round; 1 = strict ABAB.")
+@click.option("--spin/--no-spin", default=False, show_default=True,
+              help="Let onnxruntime's idle threads spin-wait (as camera --spin).")
+@click.option("--baseline", type=click.Choice(["torch"]), default=None,
+              help="Also time the source checkpoint in PyTorch eager FP32 (needs torch), interleaved; adds "
+                   "speedup_vs_torch.")
+@click.option("--accuracy", is_flag=True, help="Measure each file's test accuracy [default: the export's figure "
+                                               "from the file's metadata].")
+@click.option("--data", default=None, help="Data set for --accuracy [default: each model's own, from its metadata].")
+@click.option("--data-dir", default=None, help="Data root [default: $EDGEFASHION_DATA, else ~/.cache/edgefashion].")
+@click.option("--limit", type=int, default=None, help="At most N test images for --accuracy (stratified).")
+@click.option("--tolerance", type=float, default=0.3, show_default=True,
+              help="Accuracies within this many points count as equal when recommending a precision.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results JSON instead of the table.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Write accuracy against latency (one point per model file) as a PNG.")
+@click.option("--out", "-o", type=click.Path(file_okay=False), default="benchmarks/results", show_default=True,
+              help="Folder for <date>-<host>.json and .md.")
+def bench_cmd(models, threads, batch, warmup, runs, block, spin, baseline, accuracy, data, data_dir, limit, tolerance,
+              as_json, plot, out):
+    """Latency (median, p90, p99, images/s), size, MFLOPs, memory and accuracy of exported models on this
+    machine, with the CPU, its instruction sets and onnxruntime's version; recommends INT8 or FP32 per model.
+
+    \b
+    edgefashion bench                                   # every model in export/, batch 1, 1 thread
+    edgefashion bench -m export/cnn4-fashion-mnist/model.int8.onnx --threads 1,2 --batch 1,32
+    edgefashion bench --baseline torch --accuracy --plot bench.png
+    """
+    from .runtime import bench as b
+    try:
+        factory = None
+        if baseline == "torch":
+            try:
+                import torch  # noqa: F401
+            except ImportError:
+                raise click.ClickException('--baseline torch needs PyTorch: pip install "edgefashion[train]"') from None
+            from .training.bench_torch import torch_runner
+            factory = torch_runner
+        paths = [Path(p) for p in models] or b.find_models()
+        r = b.bench(paths, batches=b.parse_int_list(batch, "batch"), threads=b.parse_int_list(threads, "threads"),
+                    warmup=warmup, runs=runs, block=block, spin=spin, baseline=factory, accuracy=accuracy, data=data,
+                    data_dir=data_dir, limit=limit, tolerance_pp=tolerance, log=lambda s: click.echo(s, err=True))
+        if plot:
+            b.save_plot(r, Path(plot))
+        jp, mp = b.write_results(r, Path(out))
+    except click.ClickException:
+        raise
+    except _runtime_errors() as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(json.dumps(r))
+        return
+    click.echo(b.markdown(r))
+    click.echo(f"-> {jp}, {mp}" + (f", {plot}" if plot else ""))
+
+
+
+# --- arm-check: the runtime on a Raspberry Pi's CPU, emulated (issue 8); host side is stdlib + subprocess ---
+
+@cli.command("arm-check")
+@click.option("--model", "-m", "models", multiple=True,
+              help="An export folder (its model.onnx and model.int8.onnx) or an .onnx file; repeatable "
+                   "[default: every export/*/ holding a model.onnx].")
+@click.option("--subset", type=int, default=2000, show_default=True,
+              help="Test images per model (eval --limit: stratified, seeded, the same on both machines).")
+@click.option("--board", type=click.Choice(["pi4", "pi5"]), default="pi4", show_default=True,
+              help="pi4: Cortex-A72 (no dot product); pi5: Cortex-A76 (dot product): qemu -cpu and /proc/cpuinfo.")
+@click.option("--cache", type=click.Path(file_okay=False), default=None,
+              help="Downloads and the aarch64 sysroot [default: $EDGEFASHION_ARM_CACHE, else ~/.cache/edgefashion/arm].")
+@click.option("--data", "-d", default=None, help="Data set [default: the one in each model's metadata].")
+@click.option("--data-dir", default=None, help="Data root [default: $EDGEFASHION_DATA, else ~/.cache/edgefashion].")
+@click.option("--max-drop", type=float, default=0.5, show_default=True,
+              help="Largest INT8 accuracy loss on ARM against FP32 on ARM, in percentage points (export's guard).")
+@click.option("--threads", type=int, default=1, show_default=True, help="onnxruntime threads on both machines.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the report as JSON to this file (- for stdout instead of the table).")
+@click.option("--setup-only", is_flag=True, help="Only build the cached aarch64 Python + wheels, and probe them.")
+def arm_check_cmd(models, subset, board, cache, data, data_dir, max_drop, threads, json_path, setup_only):
+    """Run edgefashion's own eval under aarch64 emulation (qemu-user, a Raspberry Pi's core and /proc/cpuinfo)
+    and on this machine, on the same test subset: accuracy of each file on both, top-1 agreement.
+
+    Exit status 1 if an FP32 file agrees with x86 on fewer than 99.9% of the images, or an INT8 file's ARM
+    accuracy is more than --max-drop points below its FP32 twin's. Needs qemu-user-static, unshare, apt-get
+    and dpkg (Debian/Ubuntu); downloads about 90 MB once. Timings under emulation are not a Pi's speed.
+
+    \b
+    edgefashion arm-check --model /tmp/export_cnn4 --subset 2000 --json arm.json
+    """
+    from . import arm
+    log = (lambda m: click.echo(m, err=True))
+    try:
+        if setup_only:
+            env = arm.setup(cache, log=log)
+            click.echo(json.dumps({**env, "emulated": arm.probe(env, board)}, indent=2))
+            return
+        r = arm.check(list(models) or arm.default_models(), subset=subset, cache=cache, board=board, data=data,
+                      data_dir=data_dir, max_drop=max_drop, threads=threads, log=log)
+    except arm.ArmError as e:
+        raise click.ClickException(str(e)) from None
+    if json_path and json_path != "-":
+        Path(json_path).write_text(json.dumps(r, indent=2) + "\n")
+    click.echo(json.dumps(r, indent=2) if json_path == "-" else arm.format_table(r))
+    if not r["ok"]:
+        sys.exit(1)
 
 
 def main():

@@ -30,3 +30,9 @@ def run_cli(*args, cwd=None, env=None, check=True, timeout=600):
     if check and p.returncode != 0:
         raise AssertionError(f"edgefashion {' '.join(map(str, args))} exited {p.returncode}\n{p.stdout}\n{p.stderr}")
     return p
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _data_root_for_in_process_commands():
+    """Commands run in-process (click's CliRunner) read $EDGEFASHION_DATA like a user's shell would."""
+    os.environ.setdefault("EDGEFASHION_DATA", str(data_root()))

@@ -62,6 +62,10 @@ class EvalResult:
     inference_seconds: float
     skipped: int = 0
     extra: dict = field(default_factory=dict)
+    # Per-image predicted and true model-label indices, in evaluation order (images that could not be read are
+    # left out): what a comparison across machines (edgefashion arm-check) needs beyond the confusion matrix.
+    predicted: Optional[np.ndarray] = field(default=None, repr=False)
+    truth: Optional[np.ndarray] = field(default=None, repr=False)
 
     @property
     def images(self) -> int:
@@ -128,6 +132,8 @@ def evaluate(clf, data: str, split: str = "test", *, data_dir: Optional[str] = N
     conf = np.zeros((k, k), np.int64)
     t_inf = 0.0
     skipped = 0
+    preds: List[np.ndarray] = []
+    truths: List[np.ndarray] = []
     t0 = time.perf_counter()
 
     def run(batch_u8: np.ndarray, truth: np.ndarray) -> None:
@@ -136,6 +142,8 @@ def evaluate(clf, data: str, split: str = "test", *, data_dir: Optional[str] = N
         pred = clf.logits(normalize(batch_u8, meta)).argmax(1)
         t_inf += time.perf_counter() - t
         np.add.at(conf, (truth, pred), 1)
+        preds.append(pred)
+        truths.append(np.asarray(truth))
 
     if kind == "fashion-mnist":
         x, y = _load_fashion_mnist(path, split, seed)
@@ -183,7 +191,9 @@ def evaluate(clf, data: str, split: str = "test", *, data_dir: Optional[str] = N
             raise DataError(f"{ds.root}: none of the {skipped} images could be read")
     seconds = time.perf_counter() - t0
     return EvalResult(data=str(data), split=split, labels=tuple(meta.labels), confusion=conf, seconds=seconds,
-                      inference_seconds=t_inf, skipped=skipped, extra={"model": str(clf.path)})
+                      inference_seconds=t_inf, skipped=skipped, extra={"model": str(clf.path)},
+                      predicted=np.concatenate(preds).astype(np.int64) if preds else np.zeros(0, np.int64),
+                      truth=np.concatenate(truths).astype(np.int64) if truths else np.zeros(0, np.int64))
 
 
 def format_report(r: EvalResult) -> str:

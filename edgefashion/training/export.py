@@ -175,13 +175,13 @@ def export_checkpoint(src: str | Path, out_dir: str | Path | None = None, *, qua
                       data_dir: str | None = None, parity_images: int = 256,
                       calib_methods: Sequence[str] = q.CALIB_METHODS, per_channel: Sequence[bool] = (False, True),
                       latency_runs: int = 200, cpu: dict | None = None,
-                      log: Callable[[str], None] = print) -> dict:
+                      log: Callable[[str], None] = print, check_arm: bool = False, arm_subset: int = 2000) -> dict:
     """Export the run folder or checkpoint `src` into `out_dir` (default export/<model>-<dataset>); returns the
     report (also written as report.json). Raises ExportError when a check fails; the destination is then left
     as it was.
 
     quantize: "int8" static QDQ (calibration searched on the validation split), "dynamic", "none", or "auto"
-    (for now: int8 static; a later issue picks per model). `cpu` overrides detect_cpu() (choose the
+    (int8 static, kept only when within max_drop and faster than FP32 on this CPU; see _auto_keep). `cpu` overrides detect_cpu() (choose the
     quantization settings for another CPU)."""
     if quantize not in QUANTIZE_MODES:
         raise ExportError(f"--quantize {quantize!r}: choose from {', '.join(QUANTIZE_MODES)}")
@@ -220,6 +220,8 @@ def export_checkpoint(src: str | Path, out_dir: str | Path | None = None, *, qua
         "source_checkpoint": str(checkpoint_file(src).resolve()),
         "epoch": ckpt.get("epoch"),
         "precision": "fp32",
+        # Counted here, where torch is, so the torch-free `bench` can report it without the onnx package.
+        "mflops": _mflops(model, meta),
     }
     meta = meta.replace(dataset=meta.dataset or str(cfg.get("data") or ""), extra=provenance)
 
@@ -276,15 +278,18 @@ def export_checkpoint(src: str | Path, out_dir: str | Path | None = None, *, qua
             report["size_ratio"] = round(int8_rep["size_bytes"] / fp32_rep["size_bytes"], 4)
             log(f"test accuracy fp32 {fp32_rep['test_accuracy']:.4f}, int8 {int8_rep['test_accuracy']:.4f} "
                 f"(drop {drop:+.2f} pp)")
-            if drop > max_drop:
-                msg = (f"INT8 test accuracy {int8_rep['test_accuracy']:.4f} is {drop:.2f} pp below FP32 "
-                       f"{fp32_rep['test_accuracy']:.4f} (--max-drop {max_drop} pp)")
-                if not allow_drop:
-                    raise ExportError(f"{msg}; nothing written to {out_dir} (--allow-drop keeps it anyway)")
-                log(f"warning: {msg}; kept because of --allow-drop")
-                report["accuracy_guard"] = "exceeded, allowed"
+            if drop > max_drop and quantize == "auto":
+                # auto does not fail on an INT8 loss: it keeps FP32 instead (_auto_keep).
+                report["accuracy_guard"] = "exceeded, auto keeps fp32"
             else:
-                report["accuracy_guard"] = "passed"
+                report["accuracy_guard"] = _apply_guard(
+                    f"INT8 test accuracy {int8_rep['test_accuracy']:.4f} is {drop:.2f} pp below FP32 "
+                    f"{fp32_rep['test_accuracy']:.4f} (--max-drop {max_drop} pp)" if drop > max_drop else None,
+                    allow_drop, out_dir, log)
+        if check_arm:
+            _check_arm(report, tmp, mode, cfg, data_dir, arm_subset, max_drop, allow_drop, out_dir, log)
+        if quantize == "auto":
+            _auto_keep(report, tmp, shape, latency_runs, log)
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (tmp / "report.md").write_text(report_markdown(report))
         _fsync_dir_files(tmp)
@@ -295,6 +300,75 @@ def export_checkpoint(src: str | Path, out_dir: str | Path | None = None, *, qua
     report["out_dir"] = str(out_dir)
     log(f"wrote {out_dir}")
     return report
+
+
+def _check_arm(report: dict, tmp: Path, mode: str, cfg: dict, data_dir: str | None, subset: int, max_drop: float,
+               allow_drop: bool, out_dir: Path, log: Callable[[str], None]) -> None:
+    """--check-arm: the files' accuracy under emulated Raspberry Pi 4 (aarch64, Cortex-A72) onnxruntime on a
+    test subset, into report["arm"]; the accuracy guard applies to the ARM figure too, as a Pi user gets it."""
+    from .. import arm
+    log(f"checking on an emulated Raspberry Pi 4 (qemu-aarch64, {subset} test images)")
+    try:
+        a = arm.export_check(tmp / FP32_NAME, tmp / INT8_NAME if mode != "none" else None, str(cfg.get("data")),
+                             subset=subset, data_dir=data_dir or cfg.get("data_dir"), log=log)
+    except arm.ArmError as e:
+        raise ExportError(f"--check-arm: {e}") from None
+    report["arm"] = a
+    if not a["fp32_agreement_ok"]:
+        raise ExportError(f"--check-arm: FP32 top-1 agreement x86 vs ARM {a['fp32']['agreement']:.2%} is below "
+                          f"{arm.MIN_FP32_AGREEMENT:.1%}; nothing written to {out_dir}")
+    drop = a.get("int8_drop_pp")
+    if drop is None:
+        return
+    log(f"on ARM: fp32 {a['fp32']['arm_accuracy']:.4f}, int8 {a['int8']['arm_accuracy']:.4f} (drop {drop:+.2f} pp; "
+        f"int8 agrees with x86 on {a['int8']['agreement']:.2%})")
+    a["accuracy_guard"] = _apply_guard(
+        f"INT8 accuracy on ARM {a['int8']['arm_accuracy']:.4f} is {drop:.2f} pp below FP32 "
+        f"{a['fp32']['arm_accuracy']:.4f} on {a['fp32']['images']} test images (--max-drop {max_drop} pp)"
+        if drop > max_drop else None, allow_drop, out_dir, log)
+
+
+def _apply_guard(loss: str | None, allow_drop: bool, out_dir: Path, log: Callable[[str], None]) -> str:
+    """The accuracy guard, on x86 and on ARM alike: `loss` says what INT8 lost beyond the limit (None: within
+    it). Fails the export unless --allow-drop; returns the status the report records."""
+    if loss is None:
+        return "passed"
+    if not allow_drop:
+        raise ExportError(f"{loss}; nothing written to {out_dir} (--allow-drop keeps it anyway)")
+    log(f"warning: {loss}; kept because of --allow-drop")
+    return "exceeded, allowed"
+
+
+def _mflops(model: torch.nn.Module, meta: ModelMeta) -> float | None:
+    from .zoo import model_mflops
+    try:
+        return round(model_mflops(model, meta.in_chans, meta.input_size), 3)
+    except Exception:  # a count is a nicety; an exotic layer must not fail the export
+        return None
+
+
+def _auto_keep(report: dict, tmp: Path, shape: tuple, runs: int, log: Callable[[str], None]) -> None:
+    """--quantize auto: keep INT8 only when it is within --max-drop of FP32's accuracy AND faster on this CPU
+    (batch 1, 1 thread, interleaved timing); otherwise remove model.int8.onnx, as FP32 is then the better
+    file here. The decision and both latencies go into report["auto"]."""
+    from ..runtime.bench import compare_latency
+    if "int8" not in report:
+        return
+    c = compare_latency(tmp / FP32_NAME, tmp / INT8_NAME, shape, runs=max(runs, 50))
+    drop, limit = report["accuracy_drop_pp"], report["max_drop_pp"]
+    faster = c["b_over_a"] < 1
+    keep = "int8" if faster and drop <= limit else "fp32"
+    why = (f"int8 {c['b_ms']:.3g} ms vs fp32 {c['a_ms']:.3g} ms (int8/fp32 {c['b_over_a']:.2f}, b1 t1 on "
+           f"{report['cpu'].get('machine', '?')}); accuracy drop {drop:+.2f} pp (limit {limit} pp)")
+    report["auto"] = {"kept": keep, "fp32_ms": c["a_ms"], "int8_ms": c["b_ms"], "int8_over_fp32": c["b_over_a"],
+                      "accuracy_drop_pp": drop, "max_drop_pp": limit, "batch": c["batch"], "threads": c["threads"],
+                      "runs": c["runs"], "reason": why}
+    log(f"auto: keeping {keep}: {why}")
+    if keep == "fp32":
+        (tmp / INT8_NAME).unlink()
+        # What INT8 measured stays in the report, under auto, without claiming a file that is not there.
+        report["auto"]["int8"] = report.pop("int8")
+        report.pop("size_ratio", None)
 
 
 def _ort_version() -> str:
@@ -369,4 +443,13 @@ def report_markdown(r: dict) -> str:
             lines += ["", f"Candidates (chosen on {i['selected_on']}):", "", "| method | per-channel | val accuracy |",
                       "|---|---|---|"]
             lines += [f"| {c['method']} | {c['per_channel']} | {_pct(c['val_accuracy'])} |" for c in i["candidates"]]
+    if r.get("auto"):
+        lines += ["", f"--quantize auto kept {r['auto']['kept']}: {r['auto']['reason']}."]
+    if r.get("arm"):
+        a = r["arm"]
+        lines += ["", f"Emulated ARM ({a['cpu']}, onnxruntime {a['onnxruntime']}), {a['fp32']['images']} test images: "
+                  f"FP32 {_pct(a['fp32']['arm_accuracy'])} (x86 agreement {a['fp32']['agreement']:.2%})"
+                  + (f", INT8 {_pct(a['int8']['arm_accuracy'])} (x86 agreement {a['int8']['agreement']:.2%}; "
+                     f"drop {a['int8_drop_pp']:+.2f} pp: {a.get('accuracy_guard')})" if a.get("int8") else "")
+                  + ". Accuracy only: emulated timings are not a Pi's speed."]
     return "\n".join(lines) + "\n"

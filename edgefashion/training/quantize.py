@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
+
+from ..runtime.cpu import detect_cpu  # noqa: F401
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 
@@ -36,32 +37,8 @@ class QuantizeError(RuntimeError):
 
 # --- the CPU and the settings it calls for -----------------------------------------------------------------------
 
-def detect_cpu(cpuinfo: str | None = None, machine: str | None = None) -> dict:
-    """ISA facts that matter for INT8 kernels, from /proc/cpuinfo's flags (Linux) and the machine type.
-    `cpuinfo`/`machine` can be passed to describe another CPU (tests, or choosing for a target device)."""
-    machine = (machine or platform.machine() or "").lower()
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
-        except OSError:
-            cpuinfo = ""
-    flags: set[str] = set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        # x86 calls the list "flags", ARM Linux calls it "Features".
-        if key.strip().lower() in ("flags", "features"):
-            flags.update(value.split())
-    arm = machine in ("aarch64", "arm64") or machine.startswith("arm")
-    return {
-        "machine": machine,
-        "arm": arm,
-        "neon": arm and (machine in ("aarch64", "arm64") or "neon" in flags or "asimd" in flags),
-        "avx2": "avx2" in flags,
-        "avx512": "avx512f" in flags and "avx512bw" in flags,
-        "avx512_vnni": "avx512_vnni" in flags,
-        "avx_vnni": "avx_vnni" in flags,
-        "known": bool(flags) or arm,
-    }
+# detect_cpu lives in the torch-free runtime (bench reports it on a Pi); imported here for choose_settings
+# and for callers that know it as quantize.detect_cpu.
 
 
 @dataclass(frozen=True)
