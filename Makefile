@@ -7,7 +7,17 @@ PY := $(VENV)/bin/python
 EDGEFASHION_DATA ?= $(if $(wildcard ../shared/data/fashion-mnist),$(abspath ../shared/data),$(HOME)/.cache/edgefashion)
 export EDGEFASHION_DATA
 
-.PHONY: setup demo test clean
+# The bundled model the demo runs (export/default.json names the defaults; a photo model is still to come).
+DEMO_MODEL ?= export/resnet20-fashion-mnist/model.int8.onnx
+
+.PHONY: setup setup-runtime demo test clean
+
+# The runtime alone (no torch): what a Raspberry Pi installs.
+$(VENV)/.runtime: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,10 +25,18 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[train,dev]"
 	touch $@
 
+setup-runtime: $(VENV)/.runtime
 setup: $(VENV)/.installed
 
-demo: setup
-	$(VENV)/bin/edgefashion train --model cnn4 --data fashion-mnist --epochs 3
+# With a display and a webcam: the live camera. Without: the simulated camera (labelled test images with
+# camera-like changes), headless, which stops by itself and prints its summary.
+demo: setup-runtime
+	@if [ -n "$${DISPLAY:-}" ] && [ -e /dev/video0 ]; then \
+		$(VENV)/bin/edgefashion camera --model $(DEMO_MODEL) --source 0; \
+	else \
+		echo "no display or no webcam: running the simulated camera (--source demo) headless"; \
+		$(VENV)/bin/edgefashion camera --model $(DEMO_MODEL) --source demo --headless --max-frames 500; \
+	fi
 
 test: setup
 	$(PY) -m pytest -q
