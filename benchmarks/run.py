@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         a.out = a.out / "pi"  # its own folder: bench names results by date and host only
     files = model_files(a.export_dir, a.pi)
     if not files:
-        print(f"no exported models in {a.export_dir} (this checkout bundles none yet): export some with "
+        print(f"no exported models in {a.export_dir}: export some with "
               f"`edgefashion export RUN --out {a.export_dir}/NAME`, or pass --export-dir", file=sys.stderr)
         return 2
     cmd = [sys.executable, "-m", "edgefashion", "bench", "--runs", str(a.runs), "--out", str(a.out)]
