@@ -21,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .. import __version__
+from ..files import atomic_write_text
 from ..meta import ModelMeta
 from .camera import peak_rss_mb
 from .classifier import Classifier
@@ -414,8 +415,8 @@ def write_results(results: dict, out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     jp, mp = result_paths(out_dir, results)
     results.setdefault("files", {}).update(json=str(jp), markdown=str(mp))
-    jp.write_text(json.dumps(results, indent=2) + "\n")
-    mp.write_text(markdown(results))
+    atomic_write_text(jp, json.dumps(results, indent=2) + "\n")
+    atomic_write_text(mp, markdown(results))
     return jp, mp
 
 

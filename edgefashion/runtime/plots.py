@@ -1,12 +1,13 @@
 """Pictures the runtime can draw without matplotlib (it is not a runtime dependency): a confusion matrix."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
 import cv2
 import numpy as np
+
+from ..files import atomic_write_bytes
 
 
 def _text(img, s, org, scale=0.45, color=(30, 30, 30), thick=1):
@@ -54,10 +55,7 @@ def save_png(img: np.ndarray, path: str | Path) -> None:
     ok, buf = cv2.imencode(".png", img)
     if not ok:
         raise OSError(f"{path}: could not encode PNG")
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(buf.tobytes())
-    os.replace(tmp, path)
+    atomic_write_bytes(Path(path), buf.tobytes())
 
 
 def save_confusion_png(conf: np.ndarray, labels: Sequence[str], path: str | Path, title: str = "") -> None:

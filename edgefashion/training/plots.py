@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_write_bytes
 from ..runtime.plots import save_confusion_png
-from .train import atomic_write_bytes
 
 
 def plot_curves(history: list[dict], path: Path, title: str = "") -> None:

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .train import TrainConfig, atomic_write_text, fit, load_checkpoint
+from ..files import atomic_write_text
+from .train import TrainConfig, fit, load_checkpoint
 from .zoo import get_entry
 
 # The seed reports' test ("prediction") accuracy per model, as fractions.
@@ -133,13 +134,6 @@ def reproduce(suite: str, *, out: str | Path | None = None, table_dir: str | Pat
 
 def _machine() -> str:
     import os
-    import platform
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
+
+    from ..runtime.cpu import cpu_model
+    return f"{cpu_model()}, {os.cpu_count()} cores"

@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import __version__
+from ..files import atomic_write_bytes, atomic_write_text
 from ..meta import ModelMeta
 from .datasets import AUGMENTATIONS, DataBundle, Split, batch_to_input, load_data
 from .distributed import Dist, all_reduce_sum, broadcast_object, setup, shard, teardown
@@ -114,26 +115,6 @@ def select_device(name: str) -> torch.device:
 
 
 # --- checkpoints ------------------------------------------------------------------------------------------
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path` and rename it over, so a crash or Ctrl-C never leaves half a
-    file where a good one was."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
 
 def save_checkpoint(path: Path, ckpt: dict) -> None:
     buf = io.BytesIO()
