@@ -20,7 +20,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -64,14 +63,7 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="int8-probe-"))
     pre = work / "pre.onnx"
     q.preprocess_for_quantization(a.fp32, pre)
-    nodes = onnx.load(str(pre)).graph.node
-    first_block = []  # the first conv and what follows it up to the first pooling
-    for n in nodes:
-        if n.op_type == "Conv" and first_block:
-            break
-        first_block.append(n.name)
-        if n.op_type in ("MaxPool", "AveragePool"):
-            break
+    first_block = q.first_block_nodes(pre)  # the first conv and what follows it up to the first pooling
     variants = {"qdq per-tensor": (QuantFormat.QDQ, False, []), "qdq per-channel": (QuantFormat.QDQ, True, []),
                 "qop per-tensor": (QuantFormat.QOperator, False, []),
                 "qop per-channel": (QuantFormat.QOperator, True, []),

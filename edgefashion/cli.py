@@ -82,6 +82,9 @@ def zoo(domain, as_json):
               help="carousell: flip/rotate/zoom/shear/shift as the Carousell report; resnet: pad-crop/flip/erase; "
                    "strong: scale/aspect/colour jitter + erase.")
 @click.option("--label-smoothing", type=float, default=None)
+@click.option("--mixup", type=float, default=None, help="Mixup Beta alpha, 0 = off [default: the model's recipe].")
+@click.option("--cutmix", type=float, default=None,
+              help="CutMix Beta alpha, 0 = off; with --mixup too, each batch takes one of them at random.")
 @click.option("--img-size", type=int, default=None, help="Square input size [default: the model's].")
 @click.option("--in-chans", type=click.Choice(["1", "3"]), default=None, help="[default: 1 for Fashion-MNIST, 3 for photos]")
 @click.option("--val-fraction", type=float, default=0.2, show_default=True,
@@ -101,7 +104,7 @@ def zoo(domain, as_json):
               help="Launch N DDP processes on this machine through torchrun (one per GPU; gloo on CPU). "
                    "--batch-size is per process.")
 def train(model, data, data_dir, epochs, batch_size, lr, optimizer, momentum, weight_decay, scheduler,
-          warmup_epochs, early_stopping, patience, augment, label_smoothing, img_size, in_chans, val_fraction,
+          warmup_epochs, early_stopping, patience, augment, label_smoothing, mixup, cutmix, img_size, in_chans, val_fraction,
           limit, seed, device, no_amp, pretrained, init_weights, out, resume, quiet, nproc):
     """Train a zoo model; writes a run folder with config.json, metrics.csv, best.pt, last.pt, results.json,
     curves.png and confusion_matrix.png.
@@ -120,7 +123,7 @@ def train(model, data, data_dir, epochs, batch_size, lr, optimizer, momentum, we
     cfg = TrainConfig(model=model, data=data, data_dir=data_dir, epochs=epochs, batch_size=batch_size, lr=lr,
                       optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, scheduler=scheduler,
                       warmup_epochs=warmup_epochs, early_stopping=early_stopping, patience=patience,
-                      augment=augment, label_smoothing=label_smoothing, img_size=img_size,
+                      augment=augment, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix, img_size=img_size,
                       in_chans=int(in_chans) if in_chans else None, val_fraction=val_fraction, limit=limit,
                       seed=seed, device=device, amp=not no_amp, pretrained=pretrained, init_weights=init_weights)
     try:

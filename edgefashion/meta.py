@@ -16,6 +16,9 @@ COLOR_MODES = ("rgb", "gray")
 DOMAINS = ("photo", "fashion-mnist")
 
 META_KEY = "edgefashion"  # the metadata_props key holding ModelMeta as JSON
+# A plain metadata_props key (comma-separated onnxruntime graph transformer names) the runtime reads before it
+# builds its session: some INT8 files are only fast with one of onnxruntime's optimizers switched off.
+ORT_DISABLED_OPTIMIZERS_KEY = "ort_disabled_optimizers"
 FORMAT_VERSION = 1
 
 FASHION_MNIST_MEAN = (0.2860,)
@@ -119,12 +122,16 @@ class ModelMeta:
     def to_onnx_props(self) -> dict[str, str]:
         """metadata_props entries: the whole meta as JSON under one key, plus the most-read fields as plain keys
         so `onnx` tools and Netron show them without parsing."""
-        return {
+        props = {
             META_KEY: self.to_json(),
             "labels": json.dumps(list(self.labels)),
             "input_size": str(self.input_size),
             "model": self.model,
         }
+        disabled = self.extra.get(ORT_DISABLED_OPTIMIZERS_KEY)
+        if disabled:
+            props[ORT_DISABLED_OPTIMIZERS_KEY] = ",".join(disabled)
+        return props
 
     @classmethod
     def from_onnx_props(cls, props: Mapping[str, str], source: str = "model") -> "ModelMeta":

@@ -2,6 +2,7 @@
 import copy
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,20 @@ def test_export_writes_files_and_report(tiny_export):
     assert i8["format"] == "QDQ" and i8["calib_size"] == 50
     # every candidate measured on validation; the chosen one is the best of them
     assert len(i8["candidates"]) == 4
-    assert max(c["val_accuracy"] for c in i8["candidates"]) == pytest.approx(i8["val_accuracy"])
+    # the first-block-FP32 variant of the best one was tried too, and kept only if faster at equal val accuracy
+    fb = i8["first_block_fp32"]
+    assert fb["tried"] and fb["nodes"][0].endswith("Conv") and fb["nodes"][-1].endswith("MaxPool")
+    best = max(c["val_accuracy"] for c in i8["candidates"])
+    if fb["kept"]:
+        assert fb["ratio"] <= q.FIRST_BLOCK_MIN_GAIN and fb["val_accuracy"] >= best - q.FIRST_BLOCK_ACC_TOLERANCE
+        assert i8["val_accuracy"] == pytest.approx(fb["val_accuracy"])
+        assert i8["ort_disabled_optimizers"] == ["QDQPropagationTransformer"]
+    else:
+        assert i8["val_accuracy"] == pytest.approx(best)
+        assert "ort_disabled_optimizers" not in i8
+    # the file asks the runtime for the session it was measured with
+    props = {p.key: p.value for p in onnx.load(str(out / "model.int8.onnx")).metadata_props}
+    assert props.get("ort_disabled_optimizers") == ("QDQPropagationTransformer" if fb["kept"] else None)
     assert on_disk["parity"]["images"] == 256 and on_disk["parity"]["top1_agreement"] >= 0.999
     assert on_disk["size_ratio"] == pytest.approx(i8["size_bytes"] / on_disk["fp32"]["size_bytes"], abs=1e-3)
     assert on_disk["size_ratio"] < 0.4
@@ -310,6 +324,41 @@ def test_every_zoo_model_exports_and_quantizes(name, tmp_path):
     assert clf.meta.model == name
     assert clf.logits(x[:3]).shape == (3, 5)
     assert os.path.getsize(int8) < 0.45 * os.path.getsize(fp32)
+
+
+def test_first_block_fp32_file_runs_without_qdq_propagation(tiny_export, tmp_path, monkeypatch):
+    """A file whose metadata names optimizers to switch off gets its session built without them, through every
+    path that opens sessions (Classifier, latency, accuracy); other files get onnxruntime's full set."""
+    import onnxruntime as ort
+
+    from edgefashion.runtime import classifier as clf_mod
+    out, _ = tiny_export
+    meta = Classifier(out / "model.int8.onnx").meta
+    marked = tmp_path / "marked.onnx"
+    shutil.copyfile(out / "model.int8.onnx", marked)
+    ex.rewrite_metadata(marked, meta.replace(extra={**meta.extra, "ort_disabled_optimizers": ["QDQPropagationTransformer"]}))
+    plain = tmp_path / "plain.onnx"
+    shutil.copyfile(out / "model.int8.onnx", plain)
+    ex.rewrite_metadata(plain, meta.replace(extra={k: v for k, v in meta.extra.items() if k != "ort_disabled_optimizers"}))
+    seen = []
+    real = ort.InferenceSession
+
+    def recording(path, *args, **kwargs):
+        seen.append((Path(path).name, tuple(kwargs.get("disabled_optimizers") or ())))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(clf_mod.ort, "InferenceSession", recording)
+    x = np.zeros((2, 1, 28, 28), np.float32)
+    for path in (marked, plain):
+        seen.clear()
+        Classifier(path, threads=1).logits(x)
+        q.measure_latency(path, (1, 1, 28, 28), runs=2, warmup=1)
+        q.onnx_accuracy(path, x, np.zeros(2, np.int64))
+        final = [d for name, d in seen if d] if path is marked else [d for name, d in seen]
+        if path is marked:
+            assert final == [("QDQPropagationTransformer",)] * 3, seen
+        else:
+            assert all(d == () for d in final) and len(final) == 3, seen
 
 
 # --- the command, end to end ----------------------------------------------------------------------------------

@@ -149,3 +149,40 @@ def test_bad_checkpoint_is_a_clear_error(tmp_path):
         load_checkpoint(tmp_path / "other.pt")
     p = run_cli("train", "--model", "cnn4", "--data", tmp_path / "no-such-folder", check=False)
     assert p.returncode == 1 and "no-such-folder" in p.stderr and "Traceback" not in p.stderr
+
+
+# --- mixup / CutMix ----------------------------------------------------------------------------------------------
+
+def test_mix_batch_mixup_cutmix_and_off():
+    from edgefashion.training.train import mix_batch
+    x = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1).expand(4, 3, 8, 8).contiguous()
+    y = torch.tensor([0, 1, 2, 3])
+    g = torch.Generator().manual_seed(0)
+    same, y2, lam = mix_batch(x, y, 0.0, 0.0, g)
+    assert same is x and y2 is None and lam == 1.0
+    # mixup: every pixel of image i is lam * i + (1 - lam) * (3 - i); the second labels are the reverse
+    mixed, y2, lam = mix_batch(x, y, 0.4, 0.0, torch.Generator().manual_seed(1))
+    assert 0 <= lam <= 1 and y2.tolist() == [3, 2, 1, 0]
+    torch.testing.assert_close(mixed[:, :, 0, 0], (lam * y + (1 - lam) * y.flip(0)).float()[:, None].expand(4, 3))
+    # CutMix: a box of the reversed batch pasted in; lam is exactly the share of pixels kept
+    for seed in range(5):
+        cut, y2, lam = mix_batch(x, y, 0.0, 1.0, torch.Generator().manual_seed(seed))
+        kept = (cut[0] == 0).float().mean().item()
+        assert lam == pytest.approx(kept) and y2.tolist() == [3, 2, 1, 0]
+        assert set(cut[0].unique().tolist()) <= {0.0, 3.0}
+    # the same generator state gives the same mix: a resumed run mixes as the first did
+    a = mix_batch(x, y, 0.2, 1.0, torch.Generator().manual_seed(7))
+    b = mix_batch(x, y, 0.2, 1.0, torch.Generator().manual_seed(7))
+    torch.testing.assert_close(a[0], b[0]) and a[2] == b[2]
+
+
+def test_cli_train_with_cutmix_and_mixup(shared_data, tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("train", "--model", "cnn1", "--data", "fashion-mnist", "--epochs", "1", "--limit", "600",
+                "--mixup", "0.2", "--cutmix", "1.0", "--out", str(out), "-q")
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["mixup"], cfg["cutmix"]) == (0.2, 1.0)
+    r = run_cli("train", "--model", "cnn1", "--epochs", "1", "--limit", "600", "--mixup", "-1",
+                "--out", str(tmp_path / "bad"), "-q", check=False)
+    assert r.returncode != 0 and "mixup must be >= 0" in r.stderr

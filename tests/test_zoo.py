@@ -45,6 +45,7 @@ SMALL = {
     "seq6": (64, 13_019_434, 13_016_359),
     "seq5-strided": (64, 6_547_786, 6_543_943),
     "resnet20": (28, 272_186, 271_991),
+    "resnet10": (64, 1_228_970, 1_228_199),
     "resnet18": (64, 11_173_962, 11_172_423),
     "mobilenetv3-small": (64, 1_528_106, 1_525_031),
 }
@@ -130,7 +131,7 @@ def test_entry_fields_and_recipe(name):
     assert set(entry.recipe) == set(RECIPE_DEFAULTS)
     assert entry.recipe["optimizer"] in ("adam", "sgd")
     assert entry.recipe["scheduler"] in ("plateau", "cosine", "none")
-    assert entry.recipe["augment"] in ("none", "carousell", "resnet")
+    assert entry.recipe["augment"] in ("none", "carousell", "resnet", "strong")
     assert entry.recipe["lr"] > 0 and entry.recipe["epochs"] > 0 and entry.recipe["batch_size"] > 0
     # The docstring cites the seed report row, like the source field.
     doc = entry.build.__doc__ or ""
@@ -193,6 +194,10 @@ def test_model_mflops_values():
     model = create_model("resnet20", num_classes=10).eval()
     assert 55 < model_mflops(model, 1, 28) < 70
     assert not model.training  # mode restored
+    # resnet10's stem has stride 2 above 64 px: 96 px costs about what 48 px would with a stride-1 stem.
+    r10 = create_model("resnet10", num_classes=10)
+    assert 250 < model_mflops(r10, 3, 96) < 310
+    assert model_mflops(create_model("resnet10", num_classes=10, img_size=64), 3, 64) > 2 * model_mflops(r10, 3, 64)
     # MobileNetV3-Small is ~57M MACs at 224; ~19M MACs at 128.
     assert 30 < model_mflops(create_model("mobilenetv3-small", num_classes=10), 3, 128) < 45
 
@@ -209,7 +214,7 @@ def test_list_models():
     assert ALL[:5] == ["logreg", "mlp1", "mlp2", "mlp3", "mlp4"]  # registration (report) order
     assert set(ALL) == set(list_models("fashion-mnist")) | set(list_models("photo"))
     assert "resnet20" in list_models("fashion-mnist") and "resnet18" in list_models("photo")
-    assert len(ALL) == len(set(ALL)) == 18
+    assert len(ALL) == len(set(ALL)) == 19
     with pytest.raises(ValueError, match="unknown domain"):
         list_models("cifar")
 

@@ -475,12 +475,12 @@ def save_plot(results: dict, path: Path) -> None:
 
 
 def compare_latency(a: Path, b: Path, shape: Sequence[int], *, runs: int = 200, warmup: int = 20, threads: int = 1,
-                    block: int = 10) -> dict:
+                    block: int = 10, disabled: Sequence[Optional[Sequence[str]]] = (None, None)) -> dict:
     """Two ONNX files (no metadata needed) timed interleaved on the same random input: both medians and the
-    drift-free ratio b/a. Export's --quantize auto decides with it."""
-    from .classifier import session_options
-    sessions = [ort.InferenceSession(str(p), sess_options=session_options(threads), providers=["CPUExecutionProvider"])
-                for p in (a, b)]
+    drift-free ratio b/a. Export's --quantize auto and the INT8 first-block choice decide with it. `disabled`:
+    each file's onnxruntime optimizers to switch off (None: what its metadata asks for)."""
+    from .classifier import open_session
+    sessions = [open_session(p, threads, disabled_optimizers=d) for p, d in zip((a, b), disabled)]
     x = np.random.default_rng(0).standard_normal(tuple(shape)).astype(np.float32)
     runners = [lambda s=s, n=s.get_inputs()[0].name: s.run(None, {n: x}) for s in sessions]
     t = time_interleaved(runners, warmup, runs, block)

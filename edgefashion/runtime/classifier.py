@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from ..meta import ModelMeta
+from ..meta import ORT_DISABLED_OPTIMIZERS_KEY, ModelMeta
 from .preprocess import preprocess
 
 
@@ -66,6 +66,30 @@ def session_options(threads: int | None = None, spin: bool = False) -> ort.Sessi
     return so
 
 
+def open_session(path: str | Path, threads: int | None = None, spin: bool = False,
+                 disabled_optimizers: Sequence[str] | None = None) -> ort.InferenceSession:
+    """The one way edgefashion opens an ONNX file with onnxruntime (CPU provider, our thread settings).
+
+    ``disabled_optimizers=None`` takes them from the file's ``ort_disabled_optimizers`` metadata: an INT8 file
+    whose first convolution block was kept in FP32 asks for QDQPropagationTransformer to be off, because that
+    optimizer would move its QuantizeLinear across the MaxPool and make onnxruntime run the pool on uint8 NCHW
+    with a generic kernel (measured for cnn4: 2.8x slower with it, 0.7x of FP32 without; benchmarks/README.md).
+    Reading the metadata needs a session, so such a file is opened twice; any other file once."""
+    # Providers named explicitly: onnxruntime warns (and newer versions may refuse) otherwise, and a GPU build
+    # must not silently pick another provider with other numerics.
+    providers = ["CPUExecutionProvider"]
+    if disabled_optimizers is not None:
+        return ort.InferenceSession(str(path), sess_options=session_options(threads, spin), providers=providers,
+                                    disabled_optimizers=list(disabled_optimizers))
+    sess = ort.InferenceSession(str(path), sess_options=session_options(threads, spin), providers=providers)
+    wanted = sess.get_modelmeta().custom_metadata_map.get(ORT_DISABLED_OPTIMIZERS_KEY, "")
+    disabled = [name.strip() for name in wanted.split(",") if name.strip()]
+    if disabled:
+        sess = ort.InferenceSession(str(path), sess_options=session_options(threads, spin), providers=providers,
+                                    disabled_optimizers=disabled)
+    return sess
+
+
 def read_meta(path: str | Path) -> ModelMeta:
     """ModelMeta of an ONNX file, read through onnxruntime (no onnx package needed)."""
     return Classifier(path, threads=1).meta
@@ -83,10 +107,7 @@ class Classifier:
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such model file")
         try:
-            # Providers named explicitly: onnxruntime warns (and newer versions may refuse) otherwise, and a
-            # GPU build must not silently pick another provider with other numerics.
-            self.session = ort.InferenceSession(str(self.path), sess_options=session_options(threads, spin),
-                                                providers=["CPUExecutionProvider"])
+            self.session = open_session(self.path, threads, spin)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModelError(f"{self.path}: not a valid ONNX model ({msg[:200]})") from None

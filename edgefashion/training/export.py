@@ -262,6 +262,12 @@ def export_checkpoint(src: str | Path, out_dir: str | Path | None = None, *, qua
                                                 per_channel=per_channel, log=log)
             else:
                 qrep = q.quantize_dynamic_file(fp32, int8, settings)
+            extra = {**meta.extra, "precision": "int8",
+                     "quantization": {k: v for k, v in qrep.items() if k != "candidates"}}
+            if qrep.get("ort_disabled_optimizers"):
+                extra["ort_disabled_optimizers"] = qrep["ort_disabled_optimizers"]
+            # Written before measuring: the runtime opens the file as its metadata says (optimizers switched off).
+            rewrite_metadata(int8, meta.replace(extra=extra))
             int8_rep = {"path": INT8_NAME, "size_bytes": int8.stat().st_size,
                         "val_accuracy": q.onnx_accuracy(int8, val_x, val_y),
                         "test_accuracy": q.onnx_accuracy(int8, test_x, test_y)}
@@ -272,7 +278,7 @@ def export_checkpoint(src: str | Path, out_dir: str | Path | None = None, *, qua
                           accuracy_drop_pp=drop, max_drop_pp=max_drop)
             # The INT8 file describes itself: its own precision, settings and measured accuracy.
             rewrite_metadata(int8, meta.replace(extra={
-                **meta.extra, "precision": "int8", "quantization": {k: v for k, v in qrep.items() if k != "candidates"},
+                **extra,
                 "onnx_test_accuracy": int8_rep["test_accuracy"], "onnx_val_accuracy": int8_rep["val_accuracy"]}))
             int8_rep["size_bytes"] = int8.stat().st_size
             report["size_ratio"] = round(int8_rep["size_bytes"] / fp32_rep["size_bytes"], 4)

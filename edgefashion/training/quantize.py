@@ -115,23 +115,23 @@ def preprocess_for_quantization(src: Path, dst: Path) -> None:
 
 # --- evaluation ------------------------------------------------------------------------------------------------
 
-def onnx_logits(path: str | Path, x: np.ndarray, batch_size: int = 256, threads: int | None = None) -> np.ndarray:
+def onnx_logits(path: str | Path, x: np.ndarray, batch_size: int = 256, threads: int | None = None,
+                disabled_optimizers: Sequence[str] | None = None) -> np.ndarray:
     """Logits of an ONNX file (no metadata needed: candidates and pre-processed files have none)."""
-    import onnxruntime as ort
-
-    from ..runtime.classifier import session_options
-    sess = ort.InferenceSession(str(path), sess_options=session_options(threads),
-                                providers=["CPUExecutionProvider"])
+    from ..runtime.classifier import open_session
+    sess = open_session(path, threads, disabled_optimizers=disabled_optimizers)
     name = sess.get_inputs()[0].name
     out = [sess.run(None, {name: np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32)})[0]
            for i in range(0, len(x), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def onnx_accuracy(path: str | Path, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
+def onnx_accuracy(path: str | Path, x: np.ndarray, y: np.ndarray, batch_size: int = 256,
+                  disabled_optimizers: Sequence[str] | None = None) -> float:
     if len(x) == 0:
         raise QuantizeError("no images to measure accuracy on")
-    return float((onnx_logits(path, x, batch_size).argmax(1) == np.asarray(y)).mean())
+    logits = onnx_logits(path, x, batch_size, disabled_optimizers=disabled_optimizers)
+    return float((logits.argmax(1) == np.asarray(y)).mean())
 
 
 # --- static and dynamic quantization --------------------------------------------------------------------------
@@ -151,8 +151,9 @@ def _calib_method(name: str):
 
 
 def quantize_static_file(pre_path: Path, out_path: Path, calib_x: np.ndarray, settings: QuantSettings, *,
-                         method: str = "minmax", per_channel: bool = True) -> None:
-    """One static QDQ quantization of an already pre-processed model."""
+                         method: str = "minmax", per_channel: bool = True,
+                         nodes_to_exclude: Sequence[str] = ()) -> None:
+    """One static QDQ quantization of an already pre-processed model (`nodes_to_exclude` stay FP32)."""
     from onnxruntime.quantization import QuantFormat, quantize_static
     if len(calib_x) == 0:
         raise QuantizeError("static quantization needs calibration images (--calib-size > 0)")
@@ -162,6 +163,7 @@ def quantize_static_file(pre_path: Path, out_path: Path, calib_x: np.ndarray, se
         with contextlib.redirect_stdout(io.StringIO()):
             quantize_static(str(pre_path), str(out_path), reader, quant_format=QuantFormat.QDQ,
                             per_channel=per_channel, reduce_range=settings.reduce_range,
+                            nodes_to_exclude=list(nodes_to_exclude),
                             activation_type=_qtype(settings.activation_type),
                             weight_type=_qtype(settings.weight_type), calibrate_method=_calib_method(method),
                             # onnxruntime's default percentile, written out so the code states it.
@@ -207,12 +209,74 @@ def quantize_static_search(fp32_path: Path, out_path: Path, calib_x: np.ndarray,
                 log(f"  int8 candidate {m:<10} per_channel={str(pc):<5} val acc {acc:.4f}")
                 if best is None or acc > best["val_accuracy"]:
                     best, best_path = c, path
+        first = _first_block_candidate(pre, best, best_path, work, calib_x, val_x, val_y, settings, log=log)
+        if first.get("kept"):
+            best_path = work / "first-block-fp32.onnx"
         shutil.copyfile(best_path, out_path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"mode": "static", "format": "QDQ", "method": best["method"], "per_channel": best["per_channel"],
-            **_settings_dict(settings), "calib_size": int(len(calib_x)), "calib_split": "train",
-            "selected_on": f"val ({len(val_x)} images)", "candidates": candidates}
+    rep = {"mode": "static", "format": "QDQ", "method": best["method"], "per_channel": best["per_channel"],
+           **_settings_dict(settings), "calib_size": int(len(calib_x)), "calib_split": "train",
+           "selected_on": f"val ({len(val_x)} images)", "first_block_fp32": first, "candidates": candidates}
+    if first.get("kept"):
+        rep["ort_disabled_optimizers"] = list(NO_QDQ_PROPAGATION)
+    return rep
+
+
+# Why these two go together: benchmarks/README.md ("INT8 vs FP32 on this CPU") and runtime.classifier.open_session.
+NO_QDQ_PROPAGATION = ("QDQPropagationTransformer",)
+# The first block stays FP32 only when it is at least this much faster (interleaved ratio), at no validation
+# accuracy cost beyond FIRST_BLOCK_ACC_TOLERANCE: a file with an odd session setting must earn its place.
+FIRST_BLOCK_MIN_GAIN = 0.97
+FIRST_BLOCK_ACC_TOLERANCE = 0.001
+
+
+def first_block_nodes(pre_path: Path) -> "list[str]":
+    """Names of the graph's first convolution block: from the first node up to the first pooling (included) or
+    the next convolution (excluded). Empty when the graph does not start with a Conv."""
+    import onnx
+    nodes = onnx.load(str(pre_path), load_external_data=False).graph.node
+    if not nodes or nodes[0].op_type != "Conv":
+        return []
+    block: "list[str]" = []
+    for n in nodes:
+        if n.op_type == "Conv" and block:
+            break
+        block.append(n.name)
+        if n.op_type in ("MaxPool", "AveragePool"):
+            break
+    return block
+
+
+def _first_block_candidate(pre: Path, best: dict, best_path: Path, work: Path, calib_x: np.ndarray,
+                           val_x: np.ndarray, val_y: np.ndarray, settings: QuantSettings, *,
+                           log: Callable[[str], None]) -> dict:
+    """The chosen calibration again with the first convolution block left in FP32 (run without QDQ
+    propagation): kept when it is faster on this CPU at batch 1, 1 thread, and as accurate on validation.
+
+    A first convolution over 1-3 input channels has a tiny GEMM depth (K = 9 for cnn4's 3x3 over one channel),
+    and onnxruntime's INT8 kernels pay more in packing and layout changes for it than FP32's direct kernel does
+    for all of it; that made cnn4's fully quantized file slower than its FP32 file here."""
+    from ..runtime.bench import compare_latency
+    nodes = first_block_nodes(pre)
+    if not nodes:
+        return {"tried": False, "reason": "the graph does not start with a convolution"}
+    path = work / "first-block-fp32.onnx"
+    quantize_static_file(pre, path, calib_x, settings, method=best["method"], per_channel=best["per_channel"],
+                         nodes_to_exclude=nodes)
+    acc = onnx_accuracy(path, val_x, val_y, disabled_optimizers=NO_QDQ_PROPAGATION)
+    shape = (1, *val_x.shape[1:])
+    c = compare_latency(best_path, path, shape, runs=300, disabled=(None, NO_QDQ_PROPAGATION))
+    faster = c["b_over_a"] <= FIRST_BLOCK_MIN_GAIN
+    accurate = acc >= best["val_accuracy"] - FIRST_BLOCK_ACC_TOLERANCE
+    kept = faster and accurate
+    why = (f"first block in FP32: {c['b_ms']:.4f} ms vs {c['a_ms']:.4f} ms fully INT8 (ratio {c['b_over_a']:.3f}, "
+           f"batch 1, 1 thread), val acc {acc:.4f} vs {best['val_accuracy']:.4f}: "
+           + ("kept" if kept else "not kept (" + ("not faster" if not faster else "less accurate") + ")"))
+    log(f"  {why}")
+    return {"tried": True, "kept": kept, "nodes": nodes, "val_accuracy": acc, "full_int8_ms": c["a_ms"],
+            "first_block_fp32_ms": c["b_ms"], "ratio": c["b_over_a"], "disabled_optimizers": list(NO_QDQ_PROPAGATION),
+            "reason": why}
 
 
 def quantize_dynamic_file(fp32_path: Path, out_path: Path, settings: QuantSettings) -> dict:
@@ -248,11 +312,8 @@ def measure_latency(path: str | Path, input_shape: Sequence[int], *, runs: int =
                     threads: int = 1) -> dict:
     """Batch latency of an ONNX file on `threads` intra-op threads: median and p90 over `runs` timed runs
     after `warmup` untimed ones (the first runs pay for allocation and kernel selection)."""
-    import onnxruntime as ort
-
-    from ..runtime.classifier import session_options
-    sess = ort.InferenceSession(str(path), sess_options=session_options(threads),
-                                providers=["CPUExecutionProvider"])
+    from ..runtime.classifier import open_session
+    sess = open_session(path, threads)
     name = sess.get_inputs()[0].name
     x = np.random.default_rng(0).standard_normal(tuple(input_shape)).astype(np.float32)
     for _ in range(warmup):

@@ -62,6 +62,8 @@ class TrainConfig:
     plateau_patience: int = 3
     augment: str | None = None
     label_smoothing: float | None = None
+    mixup: float | None = None  # Beta(alpha, alpha) of mixup (Zhang et al. 2018); 0 = off
+    cutmix: float | None = None  # Beta(alpha, alpha) of CutMix (Yun et al. 2019); 0 = off
     val_fraction: float = 0.2
     limit: int | None = None  # at most this many images per split (stratified, seeded): quick runs and tests
     seed: int = 0
@@ -94,6 +96,9 @@ def resolve_config(cfg: TrainConfig, data_kind: str | None = None) -> TrainConfi
     for name in ("epochs", "batch_size", "img_size"):
         if int(getattr(out, name)) < 1:
             raise ValueError(f"{name} must be positive, got {getattr(out, name)}")
+    for name in ("mixup", "cutmix", "label_smoothing"):
+        if float(getattr(out, name)) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(out, name)}")
     if not 0 < out.val_fraction < 1:
         raise ValueError(f"val_fraction must be between 0 and 1, got {out.val_fraction}")
     return out
@@ -212,6 +217,35 @@ def _lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return 1.0
 
 
+def mix_batch(x: torch.Tensor, y: torch.Tensor, mixup: float, cutmix: float,
+              g: torch.Generator) -> "tuple[torch.Tensor, torch.Tensor | None, float]":
+    """Mixup or CutMix of a batch with its reverse: returns (mixed x, second labels or None, weight of the first).
+
+    With both enabled each batch takes one of them at random (timm's switch). The batch is paired with its own
+    reverse, so no extra images are drawn; lambda for CutMix is the exact kept area after clipping the box."""
+    if not mixup and not cutmix:
+        return x, None, 1.0
+    use_cutmix = bool(cutmix) and (not mixup or torch.rand((), generator=g, device=g.device).item() < 0.5)
+    alpha = cutmix if use_cutmix else mixup
+    # Beta(alpha, alpha) seeded from our generator, so a resumed run mixes the same way.
+    seed = int(torch.randint(2**31 - 1, (1,), generator=g, device=g.device).item())
+    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    y2 = y.flip(0)
+    if not use_cutmix:
+        return lam * x + (1 - lam) * x.flip(0), y2, lam
+    h, w = x.shape[-2:]
+    cut = math.sqrt(1 - lam)
+    ch, cw = int(h * cut), int(w * cut)
+    c = torch.rand(2, generator=g, device=g.device)
+    cy, cx = int(c[0] * h), int(c[1] * w)
+    y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+    x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+    x = x.clone()
+    x[..., y0:y1, x0:x1] = x.flip(0)[..., y0:y1, x0:x1]
+    lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
+    return x, y2, lam
+
+
 def train_one_epoch(model: nn.Module, split: Split, meta: ModelMeta, optimizer: torch.optim.Optimizer,
                     cfg: TrainConfig, epoch: int, *, device: torch.device, scaler=None, base_lrs=None,
                     lr_scale: float = 1.0, progress: bool = True, dist: Dist = Dist()) -> dict:
@@ -253,9 +287,13 @@ def train_one_epoch(model: nn.Module, split: Split, meta: ModelMeta, optimizer: 
             y = split.y[idx]
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            x, y2, lam = mix_batch(x, y, cfg.mixup, cfg.cutmix, g)
             with _autocast(device, cfg.amp):
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                if y2 is not None:
+                    loss = lam * loss + (1 - lam) * F.cross_entropy(logits.float(), y2,
+                                                                    label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
