@@ -5,6 +5,8 @@
                                           # PyTorch eager baseline when torch is installed
     python benchmarks/run.py --pi         # the Raspberry Pi profile: INT8 files only, batch 1, 1 thread
     python benchmarks/run.py --export-dir /tmp/export --accuracy    # other models; re-measure test accuracy
+    python benchmarks/run.py --export-dir export --export-dir runs/reproduce-fashion-mnist \
+        --export-dir runs/reproduce-photos   # the bundled models and every model `edgefashion reproduce` trained
 
 Anything after `--` goes to `edgefashion bench` unchanged (e.g. `-- --runs 1000`). Results land in
 benchmarks/results/<date>-<host>.json and .md, and the plot in benchmarks/results/<date>-<host>.png (--pi: benchmarks/results/pi/).
@@ -24,8 +26,10 @@ REPO = HERE.parent
 
 
 def model_files(export_dir: Path, int8_only: bool) -> list[Path]:
+    """export/NAME/model*.onnx, and RUN/export/model*.onnx as `edgefashion reproduce` leaves them."""
     names = ("model.int8.onnx",) if int8_only else ("model.onnx", "model.int8.onnx")
-    return sorted((p for n in names for p in export_dir.glob(f"*/{n}")), key=lambda p: (str(p.parent), p.name != "model.onnx"))
+    found = {p for n in names for pattern in (f"*/{n}", f"*/export/{n}") for p in export_dir.glob(pattern)}
+    return sorted(found, key=lambda p: (str(p.parent), p.name != "model.onnx"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--export-dir", type=Path, default=REPO / "export", help="folder of exported models [export/]")
+    ap.add_argument("--export-dir", type=Path, action="append", default=None,
+                    help="folder of exported models, repeatable [export/]")
     ap.add_argument("--pi", action="store_true", help="Raspberry Pi profile: INT8 only, batch 1, 1 thread")
     ap.add_argument("--accuracy", action="store_true", help="measure test accuracy (each model's own data set)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the PyTorch baseline even if torch is here")
@@ -43,10 +48,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.pi:
         a.out = a.out / "pi"  # its own folder: bench names results by date and host only
-    files = model_files(a.export_dir, a.pi)
+    dirs = a.export_dir or [REPO / "export"]
+    files = [f for d in dirs for f in model_files(d, a.pi)]
     if not files:
-        print(f"no exported models in {a.export_dir}: export some with "
-              f"`edgefashion export RUN --out {a.export_dir}/NAME`, or pass --export-dir", file=sys.stderr)
+        print(f"no exported models in {', '.join(map(str, dirs))}: export some with "
+              f"`edgefashion export RUN --out export/NAME`, or pass --export-dir", file=sys.stderr)
         return 2
     cmd = [sys.executable, "-m", "edgefashion", "bench", "--runs", str(a.runs), "--out", str(a.out)]
     for f in files:

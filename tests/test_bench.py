@@ -106,6 +106,22 @@ def test_no_models_and_bad_lists_are_clear_errors(tmp_path):
     assert p.returncode == 2 and "no exported models" in p.stderr
 
 
+def test_benchmark_script_finds_export_and_reproduce_layouts(tmp_path):
+    """benchmarks/run.py takes export/NAME/model*.onnx and reproduce's RUN/export/model*.onnx, FP32 first."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_run", REPO / "benchmarks" / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    for rel in ("a/model.onnx", "a/model.int8.onnx", "cnn4/export/model.int8.onnx", "cnn4/export/model.onnx",
+                "cnn4/last.pt", "b/notes.onnx"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    names = [str(p.relative_to(tmp_path)) for p in run.model_files(tmp_path, int8_only=False)]
+    assert names == ["a/model.onnx", "a/model.int8.onnx", "cnn4/export/model.onnx", "cnn4/export/model.int8.onnx"]
+    assert [str(p.relative_to(tmp_path)) for p in run.model_files(tmp_path, int8_only=True)] == [
+        "a/model.int8.onnx", "cnn4/export/model.int8.onnx"]
+
+
 def test_graph_mflops_matches_the_export_count(export_dir):
     pytest.importorskip("onnx")
     from edgefashion.runtime.classifier import Classifier

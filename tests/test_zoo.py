@@ -196,7 +196,7 @@ def test_model_mflops_values():
     assert not model.training  # mode restored
     # resnet10's stem has stride 2 above 64 px: 96 px costs about what 48 px would with a stride-1 stem.
     r10 = create_model("resnet10", num_classes=10)
-    assert 250 < model_mflops(r10, 3, 96) < 310
+    assert 270 < model_mflops(r10, 3, 96) < 300
     assert model_mflops(create_model("resnet10", num_classes=10, img_size=64), 3, 64) > 2 * model_mflops(r10, 3, 64)
     # MobileNetV3-Small is ~57M MACs at 224; ~19M MACs at 128.
     assert 30 < model_mflops(create_model("mobilenetv3-small", num_classes=10), 3, 128) < 45

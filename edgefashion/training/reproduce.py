@@ -32,7 +32,8 @@ SUITES = {
     },
     "photos": {
         "data": "clothing-small",
-        "models": ["alexnet", "alexnet-3conv", "seq5", "seq6", "seq5-strided", "resnet20", "mobilenetv3-small"],
+        "models": ["alexnet", "alexnet-3conv", "seq5", "seq6", "seq5-strided", "resnet20", "mobilenetv3-small",
+                   "resnet10"],
         "seed_note": "Carousell report: 15 classes of Carousell photos; ours: clothing-small's 10 classes, "
                      "so the figures are beside each other, not comparable",
     },

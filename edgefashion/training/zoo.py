@@ -582,7 +582,7 @@ def resnet10(in_chans: int, num_classes: int, img_size: int) -> nn.Module:
 
     Sized for training from scratch on a few thousand photos on a CPU and for a camera on a Pi: measured here,
     at 96 px it trains at ~96 images/s on one thread (ResNet-18-like depth 1,1,2,2 at the same widths: ~64/s) and
-    costs 279 MFLOPs per image. Its recipe is long (150 epochs) and strongly regularised (scale/aspect/colour
+    costs 287 MFLOPs per image. Its recipe is long (150 epochs) and strongly regularised (scale/aspect/colour
     jitter, erasing, mixup/CutMix, label smoothing): small data sets need many passes more than depth.
 
     ResNet follow-up. 1.23M params at 3x96x96, 10 classes.
