@@ -7,8 +7,8 @@ PY := $(VENV)/bin/python
 EDGEFASHION_DATA ?= $(if $(wildcard ../shared/data/fashion-mnist),$(abspath ../shared/data),$(HOME)/.cache/edgefashion)
 export EDGEFASHION_DATA
 
-# The bundled model the demo runs (export/default.json names the defaults; a photo model is still to come).
-DEMO_MODEL ?= export/resnet20-fashion-mnist/model.int8.onnx
+# The bundled model the demo runs: the clothing-photo model (export/default.json names the defaults).
+DEMO_MODEL ?= export/resnet10-clothing-small/model.int8.onnx
 
 .PHONY: setup setup-runtime demo test clean
 
@@ -35,6 +35,7 @@ demo: setup-runtime
 		$(VENV)/bin/edgefashion camera --model $(DEMO_MODEL) --source 0; \
 	else \
 		echo "no display or no webcam: running the simulated camera (--source demo) headless"; \
+		$(VENV)/bin/edgefashion data download clothing-small || exit 1; \
 		$(VENV)/bin/edgefashion camera --model $(DEMO_MODEL) --source demo --headless --max-frames 500; \
 	fi
 

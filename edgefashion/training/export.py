@@ -445,6 +445,9 @@ def report_markdown(r: dict) -> str:
                   f"training images, per-channel {i['per_channel']}, activations {i['activation_type']}, weights "
                   f"{i['weight_type']}, reduce_range {i['reduce_range']} ({i['reason']}).",
                   f"Accuracy drop {r['accuracy_drop_pp']:+.2f} pp (limit {r['max_drop_pp']} pp): {r['accuracy_guard']}."]
+        fb = i.get("first_block_fp32") or {}
+        if fb.get("tried"):
+            lines += ["", f"First convolution block in FP32 (QDQ propagation off): {fb['reason']}."]
         if i["candidates"]:
             lines += ["", f"Candidates (chosen on {i['selected_on']}):", "", "| method | per-channel | val accuracy |",
                       "|---|---|---|"]
