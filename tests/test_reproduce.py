@@ -18,7 +18,7 @@ def test_reproduce_tiny_and_resume(shared_data, tmp_path):
     args = ["reproduce", "--suite", "fashion-mnist", "--models", "logreg,cnn1", "--epochs-scale", "0.025",
             "--limit", "1500", "--out", tmp_path / "runs", "--table-dir", tmp_path / "bench"]
     p = run_cli(*args)
-    assert "[1/2] logreg:" in p.stdout and "[2/2] cnn1:" in p.stdout and "(seed 89.6%)" in p.stdout
+    assert "[1/2] logreg:" in p.stdout and "[2/2] cnn1:" in p.stdout and "(seed 89.62%)" in p.stdout
     table = json.loads((tmp_path / "bench" / "reproduce-fashion-mnist.json").read_text())
     assert [r["model"] for r in table["rows"]] == ["logreg", "cnn1"]
     for r in table["rows"]:
@@ -27,7 +27,7 @@ def test_reproduce_tiny_and_resume(shared_data, tmp_path):
         assert r["int8_latency_ms"] > 0
     assert table["rows"][0]["int8_mode"] == "dynamic" and table["rows"][1]["int8_mode"] == "static"
     md = (tmp_path / "bench" / "reproduce-fashion-mnist.md").read_text()
-    assert "| cnn1 |" in md and "89.6%" in md
+    assert "| cnn1 |" in md and "89.62%" in md
 
     best = tmp_path / "runs" / "cnn1" / "best.pt"
     stamp = best.stat().st_mtime_ns
