@@ -48,7 +48,7 @@ def test_bench_json_schema_files_plot_and_torch_baseline(export_dir, tmp_path):
     assert s["baseline"] == "torch" and s["spin"] is False and s["inter_op_threads"] == 1
     assert [m["precision"] for m in res["models"]] == ["fp32", "int8"]
     for m in res["models"]:
-        assert m["name"] == "export" and m["model"] == "cnn4" and m["size_bytes"] > 0
+        assert m["name"] == export_dir.parent.name and m["model"] == "cnn4" and m["size_bytes"] > 0
         assert isinstance(m["mflops"], float) and m["mflops"] > 0 and m["mflops_source"] == "metadata"
         assert 0 <= m["accuracy"] <= 1 and m["accuracy_images"] == 200
         assert [(row["batch"], row["threads"]) for row in m["latency"]] == [(1, 1), (2, 1)]
@@ -120,6 +120,8 @@ def test_benchmark_script_finds_export_and_reproduce_layouts(tmp_path):
     assert names == ["a/model.onnx", "a/model.int8.onnx", "cnn4/export/model.onnx", "cnn4/export/model.int8.onnx"]
     assert [str(p.relative_to(tmp_path)) for p in run.model_files(tmp_path, int8_only=True)] == [
         "a/model.int8.onnx", "cnn4/export/model.int8.onnx"]
+    assert b.display_name(None, tmp_path / "cnn4" / "export" / "model.int8.onnx") == "cnn4"
+    assert b.display_name(None, tmp_path / "a" / "model.onnx") == "a"
 
 
 def test_graph_mflops_matches_the_export_count(export_dir):

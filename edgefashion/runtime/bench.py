@@ -72,8 +72,11 @@ def precision_of(meta: ModelMeta, path: Path) -> str:
 
 
 def display_name(meta: ModelMeta, path: Path) -> str:
-    """export/<name>/model.onnx -> <name>; a loose file -> its stem."""
-    return path.parent.name if path.name in MODEL_FILES else path.stem.replace(".int8", "")
+    """export/<name>/model.onnx -> <name>; <run>/export/model.onnx (what `reproduce` writes) -> <run>;
+    a loose file -> its stem."""
+    if path.name not in MODEL_FILES:
+        return path.stem.replace(".int8", "")
+    return path.parent.parent.name if path.parent.name == "export" and path.parent.parent.name else path.parent.name
 
 
 def graph_mflops(path: Path) -> Optional[float]:
