@@ -77,17 +77,16 @@ def open_session(path: str | Path, threads: int | None = None, spin: bool = Fals
     Reading the metadata needs a session, so such a file is opened twice; any other file once."""
     # Providers named explicitly: onnxruntime warns (and newer versions may refuse) otherwise, and a GPU build
     # must not silently pick another provider with other numerics.
-    providers = ["CPUExecutionProvider"]
+    def session(disabled: Sequence[str]) -> ort.InferenceSession:
+        return ort.InferenceSession(str(path), sess_options=session_options(threads, spin),
+                                    providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled))
+
     if disabled_optimizers is not None:
-        return ort.InferenceSession(str(path), sess_options=session_options(threads, spin), providers=providers,
-                                    disabled_optimizers=list(disabled_optimizers))
-    sess = ort.InferenceSession(str(path), sess_options=session_options(threads, spin), providers=providers)
+        return session(disabled_optimizers)
+    sess = session(())
     wanted = sess.get_modelmeta().custom_metadata_map.get(ORT_DISABLED_OPTIMIZERS_KEY, "")
     disabled = [name.strip() for name in wanted.split(",") if name.strip()]
-    if disabled:
-        sess = ort.InferenceSession(str(path), sess_options=session_options(threads, spin), providers=providers,
-                                    disabled_optimizers=disabled)
-    return sess
+    return session(disabled) if disabled else sess
 
 
 def read_meta(path: str | Path) -> ModelMeta:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..meta import ModelMeta
+from ..meta import ORT_DISABLED_OPTIMIZERS_KEY, ModelMeta
 from ..runtime.preprocess import normalize
 from . import quantize as q
 from .train import load_checkpoint, model_from_checkpoint
@@ -264,8 +264,8 @@ def export_checkpoint(src: str | Path, out_dir: str | Path | None = None, *, qua
                 qrep = q.quantize_dynamic_file(fp32, int8, settings)
             extra = {**meta.extra, "precision": "int8",
                      "quantization": {k: v for k, v in qrep.items() if k != "candidates"}}
-            if qrep.get("ort_disabled_optimizers"):
-                extra["ort_disabled_optimizers"] = qrep["ort_disabled_optimizers"]
+            if qrep.get(ORT_DISABLED_OPTIMIZERS_KEY):
+                extra[ORT_DISABLED_OPTIMIZERS_KEY] = qrep[ORT_DISABLED_OPTIMIZERS_KEY]
             # Written before measuring: the runtime opens the file as its metadata says (optimizers switched off).
             rewrite_metadata(int8, meta.replace(extra=extra))
             int8_rep = {"path": INT8_NAME, "size_bytes": int8.stat().st_size,
