@@ -410,7 +410,7 @@ def check(models: Sequence[str], *, subset: int = DEFAULT_SUBSET, cache: Optiona
     with tempfile.TemporaryDirectory(prefix="edgefashion-arm-") as tmp:
         for i, f in enumerate(files):
             ds = data or model_dataset(f)
-            log(f"arm: [{i + 1}/{len(files)}] {f} on {subset} {ds} test images: host, then aarch64")
+            log(f"arm: [{i + 1}/{len(files)}] {f} on up to {subset} {ds} test images: host, then aarch64")
             x = run_eval(f, ds, subset, Path(tmp) / f"x86-{i}.json", arm=None, data_dir=data_dir, threads=threads)
             a = run_eval(f, ds, subset, Path(tmp) / f"arm-{i}.json", arm=env, board=board, data_dir=data_dir,
                          threads=threads)

@@ -1,4 +1,5 @@
-"""`edgefashion reproduce`: a tiny pass over two seed models, then a resumed run that retrains nothing."""
+"""`edgefashion reproduce`: a tiny pass over two seed models, a resumed run that retrains nothing, then a larger
+--epochs-scale that continues the runs instead of starting over."""
 import json
 
 from conftest import run_cli
@@ -34,3 +35,39 @@ def test_reproduce_tiny_and_resume(shared_data, tmp_path):
     p = run_cli(*args)
     assert p.stdout.count("trained already") == 2
     assert best.stat().st_mtime_ns == stamp  # nothing retrained
+
+    # A larger --epochs-scale continues the finished 1-epoch runs (plateau schedules) to 2 epochs: epoch 1 is
+    # the same, the export is redone from the new weights, and the table shows 2 epochs.
+    report = tmp_path / "runs" / "cnn1" / "export" / "report.json"
+    epoch1 = (tmp_path / "runs" / "cnn1" / "metrics.csv").read_text().splitlines()[1]
+    report_before = report.read_text()
+    args[args.index("0.025")] = "0.05"
+    p = run_cli(*args)
+    assert "logreg: extending the 1-epoch run to 2 epochs" in p.stdout
+    assert "cnn1: extending the 1-epoch run to 2 epochs" in p.stdout
+    assert "trained already" not in p.stdout
+    rows = (tmp_path / "runs" / "cnn1" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[1] == epoch1
+    table = json.loads((tmp_path / "bench" / "reproduce-fashion-mnist.json").read_text())
+    assert [r["epochs_run"] for r in table["rows"]] == [2, 2]
+    assert report.read_text() != report_before
+
+
+def _finished_run(path, epochs_run, stop_reason, scheduler):
+    path.mkdir(parents=True)
+    (path / "results.json").write_text(json.dumps({"epochs_run": epochs_run, "stop_reason": stop_reason}))
+    (path / "config.json").write_text(json.dumps({"scheduler": scheduler}))
+    (path / "last.pt").write_bytes(b"")
+    return path
+
+
+def test_only_budget_free_schedules_that_ran_out_of_epochs_are_extended(tmp_path):
+    from edgefashion.training.reproduce import _can_extend
+    assert _can_extend(_finished_run(tmp_path / "a", 8, "max epochs", "plateau"), 40)
+    assert _can_extend(_finished_run(tmp_path / "b", 8, "max epochs", "none"), 40)
+    assert not _can_extend(_finished_run(tmp_path / "c", 8, "max epochs", "plateau"), 8)
+    # Early stopping ended it: the recipe says it is done.
+    assert not _can_extend(_finished_run(tmp_path / "d", 8, "early stopping: no val accuracy gain in 5 epochs",
+                                         "plateau"), 40)
+    # A cosine schedule is fixed to its budget: continuing would not be the longer run.
+    assert not _can_extend(_finished_run(tmp_path / "e", 8, "max epochs", "cosine"), 40)

@@ -2,8 +2,9 @@
 
 For every zoo model of a suite: train with its seed recipe (scaled by --epochs-scale), export and quantize,
 and write one table with the seed report's figure beside ours. Resumable: a model whose run and export are
-finished is not retrained, an interrupted run continues from its last.pt, and the table is rewritten after
-each model.
+finished is not retrained, an interrupted run continues from its last.pt, a run that a larger --epochs-scale
+asks more epochs of continues to them (unless it early-stopped or its schedule is cosine), and the table is
+rewritten after each model.
 """
 from __future__ import annotations
 
@@ -42,6 +43,19 @@ SUITES = {
 
 def _epochs(model: str, scale: float) -> int:
     return max(1, int(math.ceil(get_entry(model).recipe["epochs"] * scale)))
+
+
+def _done_epochs(run_dir: Path) -> int:
+    return int(json.loads((run_dir / "results.json").read_text())["epochs_run"])
+
+
+def _can_extend(run_dir: Path, epochs: int) -> bool:
+    """A finished run can grow to `epochs` when it ran out of epochs (not early-stopped) with fewer, and its
+    learning-rate schedule does not depend on the budget (a cosine run's would change: retrain it elsewhere)."""
+    res = json.loads((run_dir / "results.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text())
+    return (res["epochs_run"] < epochs and res.get("stop_reason") == "max epochs"
+            and config.get("scheduler") != "cosine" and (run_dir / "last.pt").exists())
 
 
 def _row(model: str, run_dir: Path, export_dir: Path) -> dict:
@@ -110,11 +124,21 @@ def reproduce(suite: str, *, out: str | Path | None = None, table_dir: str | Pat
     for i, model in enumerate(names, 1):
         run_dir, export_dir = out / model, out / model / "export"
         t0 = time.perf_counter()
-        if (run_dir / "results.json").exists():
+        want = _epochs(model, epochs_scale)
+        extend = (run_dir / "results.json").exists() and _can_extend(run_dir, want)
+        if (run_dir / "results.json").exists() and not extend:
             log(f"[{i}/{len(names)}] {model}: trained already ({run_dir})")
+        elif extend:
+            # A plateau/constant schedule does not depend on the epoch budget and every epoch's batches depend
+            # only on (seed, epoch), so continuing an N-epoch run to M epochs is the M-epoch run: a quick pass
+            # (--epochs-scale 0.2) followed by a full one costs no retraining.
+            log(f"[{i}/{len(names)}] {model}: extending the {_done_epochs(run_dir)}-epoch run to {want} epochs")
+            (export_dir / "report.json").unlink(missing_ok=True)  # derived from the old weights: re-export
+            fit(TrainConfig(model=model, data=spec["data"], data_dir=data_dir, device=device, epochs=want),
+                run_dir, resume=True, progress=False, log=lambda *a: None)
         else:
             cfg = TrainConfig(model=model, data=spec["data"], data_dir=data_dir, device=device,
-                              epochs=_epochs(model, epochs_scale), limit=limit,
+                              epochs=want, limit=limit,
                               img_size=img_size if get_entry(model).domain == "photo" else None)
             resume = (run_dir / "last.pt").exists()
             fit(cfg, run_dir, resume=resume, progress=False, log=lambda *a: None)
