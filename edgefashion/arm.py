@@ -430,12 +430,15 @@ def format_table(r: dict) -> str:
     lines = [f"emulated CPU: {c['name']} ({c['core']}, /proc/cpuinfo part {c['cpuinfo_part']}, qemu -cpu "
              f"{c['qemu_cpu']}); onnxruntime {c['onnxruntime']} under emulation sees {c['machine']} with HWCAP "
              f"{' '.join(c['hwcap'])}, device {c['onnxruntime_device']}",
-             f"subset: {r['subset']} images of each model's test split (eval --limit, stratified, seeded)", "",
-             f"{'file':<44}{'prec':>5}{'x86 acc':>9}{'ARM acc':>9}{'agree':>9}{'differ':>7}{'ARM drop':>10}"]
+             f"subset: up to {r['subset']} images of each model's test split (eval --limit, stratified, seeded)",
+             "",
+             f"{'file':<44}{'prec':>5}{'images':>7}{'x86 acc':>9}{'ARM acc':>9}{'agree':>9}{'differ':>7}"
+             f"{'ARM drop':>10}"]
     for row in r["rows"]:
         name = str(Path(row["folder"]).name + "/" + Path(row["file"]).name)[-43:]
         drop = f"{row['arm_drop_pp']:+.2f}pp" if "arm_drop_pp" in row else "-"
-        lines.append(f"{name:<44}{row['precision']:>5}{row['x86_accuracy']:>9.4f}{row['arm_accuracy']:>9.4f}"
+        lines.append(f"{name:<44}{row['precision']:>5}{row['images']:>7}{row['x86_accuracy']:>9.4f}"
+                     f"{row['arm_accuracy']:>9.4f}"
                      f"{row['agreement']:>9.2%}{row['disagreements']:>7}{drop:>10}")
     lines += ["", f"set-up {r['setup_wall_s']} s, whole check {r['wall_s']} s wall ({r['note']})"]
     lines += [f"FAIL: {f}" for f in r["failures"]] or [

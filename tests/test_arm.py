@@ -127,7 +127,7 @@ def test_compare_counts_per_image_agreement():
 
 def _row(folder, precision, arm_acc, agreement=1.0):
     return {"file": f"{folder}/model{'.int8' if precision == 'int8' else ''}.onnx", "folder": folder,
-            "precision": precision, "arm_accuracy": arm_acc, "agreement": agreement}
+            "precision": precision, "arm_accuracy": arm_acc, "agreement": agreement, "images": 2000}
 
 
 def test_guard_fp32_agreement_below_99_9_fails():
@@ -158,6 +158,7 @@ def test_table_states_the_cpu_and_that_timings_are_not_a_pis():
     t = arm.format_table(r)
     assert "Raspberry Pi 4 Model B (Cortex-A72" in t and "not a Raspberry Pi's speed" in t
     assert "cnn4/model.int8.onnx" in t and "98.50%" in t and "ok:" in t
+    assert "up to 2000 images" in t and "images" in t.splitlines()[3]
 
 
 # --- the runtime's new eval --predictions (host only) ---
