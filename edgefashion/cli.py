@@ -227,11 +227,14 @@ def data_info(name_or_path, data_dir, as_json):
               help="Where the table goes (reproduce-<suite>.md and .json).")
 def reproduce(suite, epochs_scale, device, models, data_dir, limit, img_size, out, table_dir):
     """Train, export and quantize every zoo model of a suite with its seed recipe, and write one table with
-    the seed report's figures beside ours. Resumable: finished models are not retrained.
+    the seed report's figures beside ours. Resumable: finished models are not retrained; a run that a larger
+    --epochs-scale asks more epochs of continues from its last epoch (plateau or constant schedules only, and
+    not after early stopping), so a quick pass can grow into the full one.
 
     \b
     edgefashion reproduce --suite fashion-mnist
-    edgefashion reproduce --suite photos --img-size 96 --epochs-scale 0.5
+    edgefashion reproduce --suite photos --img-size 96 --epochs-scale 0.2
+    edgefashion reproduce --suite photos --img-size 96 --epochs-scale 1    # continues those runs
     """
     _need_torch()
     from .training.export import ExportError

@@ -210,6 +210,20 @@ def test_alexnet_minimum_size():
 
 # --------------------------------------------------------------------------------------------------- registry
 
+def test_alexnet_3conv_starts_with_a_signal_keras_init():
+    """Twelve plain ReLU layers: with PyTorch's default init the logits hardly depend on the image (std 1e-5 at
+    64 px, and training sat at the majority class); Keras's Glorot init, the seed's, keeps them apart."""
+    torch.manual_seed(0)
+    model = create_model("alexnet-3conv", num_classes=10, img_size=64).eval()
+    with torch.no_grad():
+        logits = model(torch.randn(16, 3, 64, 64))
+    assert logits.std(0).mean() > 1e-3
+    conv = model[0][0]
+    bound = (6 / (conv.in_channels * 25 + conv.out_channels * 25)) ** 0.5
+    assert conv.weight.abs().max() <= bound and conv.weight.abs().max() > 0.9 * bound
+    assert torch.count_nonzero(conv.bias) == 0
+
+
 def test_list_models():
     assert ALL[:5] == ["logreg", "mlp1", "mlp2", "mlp3", "mlp4"]  # registration (report) order
     assert set(ALL) == set(list_models("fashion-mnist")) | set(list_models("photo"))
