@@ -71,3 +71,10 @@ def test_only_budget_free_schedules_that_ran_out_of_epochs_are_extended(tmp_path
                                          "plateau"), 40)
     # A cosine schedule is fixed to its budget: continuing would not be the longer run.
     assert not _can_extend(_finished_run(tmp_path / "e", 8, "max epochs", "cosine"), 40)
+
+
+def test_one_img_size_serves_the_photo_suite():
+    from edgefashion.training.reproduce import smallest_fit
+    assert smallest_fit("alexnet", 64) == 67  # 1x1 after its last pool
+    assert smallest_fit("alexnet", 96) == 96
+    assert smallest_fit("seq5", 64) == 64

@@ -45,6 +45,21 @@ def _epochs(model: str, scale: float) -> int:
     return max(1, int(math.ceil(get_entry(model).recipe["epochs"] * scale)))
 
 
+def smallest_fit(model: str, img_size: int, up_to: int = 512) -> int:
+    """The smallest input size >= `img_size` that `model` can be built for (AlexNet needs 67 px), so one
+    --img-size can serve a whole suite; the table's input column shows what each model ran at."""
+    from .zoo import create_model
+
+    for size in range(img_size, max(img_size, up_to) + 1):
+        try:
+            create_model(model, num_classes=10, img_size=size)
+            return size
+        except ValueError as e:
+            if "too small" not in str(e):
+                raise
+    raise ValueError(f"{model}: cannot be built for any input from {img_size} to {up_to} px")
+
+
 def _done_epochs(run_dir: Path) -> int:
     return int(json.loads((run_dir / "results.json").read_text())["epochs_run"])
 
@@ -115,6 +130,10 @@ def reproduce(suite: str, *, out: str | Path | None = None, table_dir: str | Pat
     names = models or spec["models"]
     for m in names:
         get_entry(m)  # unknown names fail before hours of training
+    sizes = {m: smallest_fit(m, img_size) if img_size and get_entry(m).domain == "photo" else None for m in names}
+    for m, size in sizes.items():
+        if size is not None and size != img_size:
+            log(f"{m}: {img_size}px is below its smallest input; it runs at {size}px")
     out = Path(out or f"runs/reproduce-{suite}")
     table_dir = Path(table_dir)
     table_dir.mkdir(parents=True, exist_ok=True)
@@ -139,7 +158,7 @@ def reproduce(suite: str, *, out: str | Path | None = None, table_dir: str | Pat
         else:
             cfg = TrainConfig(model=model, data=spec["data"], data_dir=data_dir, device=device,
                               epochs=want, limit=limit,
-                              img_size=img_size if get_entry(model).domain == "photo" else None)
+                              img_size=sizes[model])
             resume = (run_dir / "last.pt").exists()
             fit(cfg, run_dir, resume=resume, progress=False, log=lambda *a: None)
         if not (export_dir / "report.json").exists():
