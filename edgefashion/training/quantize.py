@@ -111,6 +111,27 @@ def preprocess_for_quantization(src: Path, dst: Path) -> None:
         quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
     except Exception as e:
         raise QuantizeError(f"{src}: quantization pre-processing failed ({type(e).__name__}: {e})") from None
+    _name_unnamed_nodes(dst)
+
+
+def _name_unnamed_nodes(path: Path) -> None:
+    """The quantizer excludes nodes by name, and inlined ONNX functions leave nodes without one (timm's
+    HardSwish becomes two unnamed HardSigmoid/Mul nodes): name them, or `nodes_to_exclude` cannot reach them."""
+    import onnx
+    model = onnx.load(str(path))
+    unnamed = [n for n in model.graph.node if not n.name]
+    if not unnamed:
+        return
+    taken = {n.name for n in model.graph.node}
+    for i, n in enumerate(model.graph.node):
+        if not n.name:
+            name, k = f"{n.op_type}_{i}", 0
+            while name in taken:
+                k += 1
+                name = f"{n.op_type}_{i}_{k}"
+            n.name = name
+            taken.add(name)
+    onnx.save(model, str(path))
 
 
 # --- evaluation ------------------------------------------------------------------------------------------------
