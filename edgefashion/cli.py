@@ -220,7 +220,9 @@ def data_info(name_or_path, data_dir, as_json):
 @click.option("--models", default=None, help="Comma-separated subset of the suite's models.")
 @click.option("--data-dir", default=None)
 @click.option("--limit", type=int, default=None, help="At most N images per split (quick runs).")
-@click.option("--img-size", type=int, default=None, help="Input size for the photo models [default: each model's].")
+@click.option("--img-size", type=int, default=None,
+              help="Input size for every model of the photo suite (a model that cannot take it runs at its "
+                   "smallest input) [default: each model's].")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
               help="Run folders [default: runs/reproduce-<suite>].")
 @click.option("--table-dir", type=click.Path(file_okay=False), default="benchmarks", show_default=True,

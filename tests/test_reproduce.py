@@ -78,3 +78,23 @@ def test_one_img_size_serves_the_photo_suite():
     assert smallest_fit("alexnet", 64) == 67  # 1x1 after its last pool
     assert smallest_fit("alexnet", 96) == 96
     assert smallest_fit("seq5", 64) == 64
+
+
+def test_img_size_applies_to_every_model_of_the_photo_suite(tmp_path, monkeypatch):
+    """resnet20 is a Fashion-MNIST design at 28 px, but in the photo suite it sees photos at --img-size; alexnet,
+    which cannot take 64 px, runs at its smallest input."""
+    import pytest
+
+    from edgefashion.training import reproduce as rp
+    seen = {}
+
+    def fit_stops_at_once(cfg, run_dir, **kw):
+        seen[cfg.model] = cfg.img_size
+        raise KeyboardInterrupt  # only the chosen sizes matter here
+
+    monkeypatch.setattr(rp, "fit", fit_stops_at_once)
+    for model in ("resnet20", "alexnet"):
+        with pytest.raises(KeyboardInterrupt):
+            rp.reproduce("photos", models=[model], img_size=64, out=tmp_path / "runs", table_dir=tmp_path,
+                         log=lambda *a: None)
+    assert seen == {"resnet20": 64, "alexnet": 67}
