@@ -2,13 +2,16 @@
 runtime commands never import torch."""
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 import click
 
 from . import __version__
+from .names import CLOTHING_SMALL, DATASETS, EVAL_SPLITS, FASHION_MNIST, TEST
 
 TRAIN_EXTRA_HINT = 'this command needs the training extra: pip install "edgefashion[train]"'
 
@@ -28,6 +31,54 @@ def _user_errors():
     return errors
 
 
+def _runtime_errors():
+    from .meta import MetaError
+    from .runtime.classifier import ModelError
+    from .runtime.sources import SourceError
+    return (ModelError, MetaError, SourceError, ValueError, *_user_errors())
+
+
+def _training_errors():
+    from .training.train import TrainingError
+    return (TrainingError, ValueError, *_user_errors())
+
+
+def _export_errors():
+    from .runtime.classifier import ModelError
+    from .training.export import ExportError
+    from .training.quantize import QuantizeError
+    return (ExportError, QuantizeError, ModelError, *_training_errors())
+
+
+def _emulation_errors():
+    from .runtime.emulate import ArmError
+    return (ArmError,)
+
+
+def _fails_with_message(errors: Callable[[], tuple], *, interrupt: bool = False):
+    """A command's error handling: an exception of `errors()` ends it with its one-line message and exit
+    status 1 (no traceback: the user's input, not our bug). The classes are looked up only when something
+    is raised, so a runtime command never imports the training half. With `interrupt`, Ctrl-C exits 130
+    quietly: what the work had saved stays (a run's last.pt says how to resume)."""
+    def decorate(command):
+        @functools.wraps(command)
+        def run(*args, **kwargs):
+            try:
+                return command(*args, **kwargs)
+            except KeyboardInterrupt:
+                if interrupt:
+                    sys.exit(130)
+                raise
+            except click.ClickException:
+                raise  # a message already, e.g. that torch is missing, which errors() may need to import
+            except Exception as e:
+                if isinstance(e, errors()):
+                    raise click.ClickException(str(e)) from None
+                raise
+        return run
+    return decorate
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="edgefashion")
 def cli():
@@ -40,6 +91,7 @@ def cli():
 @cli.command()
 @click.option("--domain", type=click.Choice(["fashion-mnist", "photo"]), default=None, help="Only this family.")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
+@_fails_with_message(_user_errors)
 def zoo(domain, as_json):
     """List the model zoo: name, params, MFLOPs at the default input, default input, source."""
     _need_torch()
@@ -64,7 +116,7 @@ def zoo(domain, as_json):
 
 @cli.command()
 @click.option("--model", "-m", default="cnn4", show_default=True, help="Zoo model name (see `edgefashion zoo`).")
-@click.option("--data", "-d", default="fashion-mnist", show_default=True,
+@click.option("--data", "-d", default=FASHION_MNIST, show_default=True,
               help="fashion-mnist, clothing-small, or a folder with one sub-folder per class (split or not).")
 @click.option("--data-dir", default=None, help="Data root [default: $EDGEFASHION_DATA, else ~/.cache/edgefashion].")
 @click.option("--epochs", type=int, default=None, help="Maximum epochs [default: the model's recipe].")
@@ -78,9 +130,10 @@ def zoo(domain, as_json):
 @click.option("--warmup-epochs", type=int, default=None)
 @click.option("--early-stopping/--no-early-stopping", default=None, help="Stop after --patience epochs without val gain, keeping the best weights.")
 @click.option("--patience", type=int, default=None, help="Early-stopping patience [default: 5].")
-@click.option("--augment", type=click.Choice(["none", "carousell", "resnet", "strong"]), default=None,
+@click.option("--augment", type=click.Choice(["none", "carousell", "resnet", "strong", "camera"]), default=None,
               help="carousell: flip/rotate/zoom/shear/shift as the Carousell report; resnet: pad-crop/flip/erase; "
-                   "strong: scale/aspect/colour jitter + erase.")
+                   "strong: scale/aspect/colour jitter + erase; camera: strong + garments cut out and composited "
+                   "onto real backgrounds with camera lighting, blur, noise and JPEG (photo models).")
 @click.option("--label-smoothing", type=float, default=None)
 @click.option("--mixup", type=float, default=None, help="Mixup Beta alpha, 0 = off [default: the model's recipe].")
 @click.option("--cutmix", type=float, default=None,
@@ -103,6 +156,7 @@ def zoo(domain, as_json):
 @click.option("--nproc", type=int, default=None,
               help="Launch N DDP processes on this machine through torchrun (one per GPU; gloo on CPU). "
                    "--batch-size is per process.")
+@_fails_with_message(_training_errors, interrupt=True)
 def train(model, data, data_dir, epochs, batch_size, lr, optimizer, momentum, weight_decay, scheduler,
           warmup_epochs, early_stopping, patience, augment, label_smoothing, mixup, cutmix, img_size, in_chans, val_fraction,
           limit, seed, device, no_amp, pretrained, init_weights, out, resume, quiet, nproc):
@@ -118,7 +172,7 @@ def train(model, data, data_dir, epochs, batch_size, lr, optimizer, momentum, we
     _need_torch()
     if nproc is not None and nproc > 1:
         _relaunch_with_torchrun(nproc)
-    from .training.train import TrainConfig, TrainingError, fit
+    from .training.train import TrainConfig, fit
 
     cfg = TrainConfig(model=model, data=data, data_dir=data_dir, epochs=epochs, batch_size=batch_size, lr=lr,
                       optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, scheduler=scheduler,
@@ -126,12 +180,7 @@ def train(model, data, data_dir, epochs, batch_size, lr, optimizer, momentum, we
                       augment=augment, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix, img_size=img_size,
                       in_chans=int(in_chans) if in_chans else None, val_fraction=val_fraction, limit=limit,
                       seed=seed, device=device, amp=not no_amp, pretrained=pretrained, init_weights=init_weights)
-    try:
-        fit(cfg, out, resume=resume, progress=not quiet)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except (TrainingError, ValueError, *_user_errors()) as e:
-        raise click.ClickException(str(e)) from None
+    fit(cfg, out, resume=resume, progress=not quiet)
 
 
 def _relaunch_with_torchrun(nproc: int) -> None:
@@ -162,44 +211,40 @@ def data():
 
 
 @data.command("download")
-@click.argument("name", type=click.Choice(["fashion-mnist", "clothing-small"]))
+@click.argument("name", type=click.Choice(DATASETS))
 @click.option("--data-dir", default=None, help="Data root [default: $EDGEFASHION_DATA, else ~/.cache/edgefashion].")
+@_fails_with_message(_user_errors)
 def data_download(name, data_dir):
     """Download a data set into the data root (verified, atomic); does nothing if it is there."""
     from . import data as efdata
     root = efdata.resolve_data_root(data_dir)
-    try:
-        if name == "fashion-mnist":
-            efdata.load_fashion_mnist(root, download=True)
-            click.echo(f"fashion-mnist ready in {root / 'fashion-mnist'}")
-        else:
-            click.echo(f"clothing-small ready in {efdata.ensure_clothing_small(root, download=True)}")
-    except _user_errors() as e:
-        raise click.ClickException(str(e)) from None
+    if name == FASHION_MNIST:
+        efdata.load_fashion_mnist(root, download=True)
+        click.echo(f"{FASHION_MNIST} ready in {root / efdata.FASHION_MNIST_DIR}")
+    else:
+        click.echo(f"{CLOTHING_SMALL} ready in {efdata.ensure_clothing_small(root, download=True)}")
 
 
 @data.command("info")
 @click.argument("name_or_path")
 @click.option("--data-dir", default=None)
 @click.option("--json", "as_json", is_flag=True)
+@_fails_with_message(_user_errors)
 def data_info(name_or_path, data_dir, as_json):
     """Classes and images per split of a data set (nothing is downloaded)."""
     import numpy as np
 
     from . import data as efdata
     root = efdata.resolve_data_root(data_dir)
-    try:
-        kind, path = efdata.resolve_dataset(name_or_path, root, download=False)
-        if kind == "fashion-mnist":
-            raw = efdata.load_fashion_mnist(path.parent if path.name == "fashion-mnist" else path, download=False)
-            labels = list(efdata.FASHION_MNIST_LABELS)
-            counts = {s: np.bincount(y, minlength=10).tolist() for s, (_, y) in raw.items()}
-        else:
-            ds = efdata.load_folder_dataset(path)
-            labels = list(ds.labels)
-            counts = {s: np.bincount(y, minlength=len(labels)).tolist() for s, (_, y) in ds.splits.items()}
-    except _user_errors() as e:
-        raise click.ClickException(str(e)) from None
+    kind, path = efdata.resolve_dataset(name_or_path, root, download=False)
+    if kind == FASHION_MNIST:
+        raw = efdata.load_fashion_mnist(path.parent if path.name == efdata.FASHION_MNIST_DIR else path, download=False)
+        labels = list(efdata.FASHION_MNIST_LABELS)
+        counts = {s: np.bincount(y, minlength=10).tolist() for s, (_, y) in raw.items()}
+    else:
+        ds = efdata.load_folder_dataset(path)
+        labels = list(ds.labels)
+        counts = {s: np.bincount(y, minlength=len(labels)).tolist() for s, (_, y) in ds.splits.items()}
     info = {"data": name_or_path, "kind": kind, "path": str(path), "labels": labels, "counts": counts}
     if as_json:
         click.echo(json.dumps(info))
@@ -213,7 +258,7 @@ def data_info(name_or_path, data_dir, as_json):
 
 
 @cli.command()
-@click.option("--suite", type=click.Choice(["fashion-mnist", "photos"]), required=True)
+@click.option("--suite", type=click.Choice([FASHION_MNIST, "photos"]), required=True)
 @click.option("--epochs-scale", type=float, default=1.0, show_default=True,
               help="Multiply every recipe's epoch budget (e.g. 0.1 for a quick pass).")
 @click.option("--device", default="auto", show_default=True)
@@ -227,6 +272,7 @@ def data_info(name_or_path, data_dir, as_json):
               help="Run folders [default: runs/reproduce-<suite>].")
 @click.option("--table-dir", type=click.Path(file_okay=False), default="benchmarks", show_default=True,
               help="Where the table goes (reproduce-<suite>.md and .json).")
+@_fails_with_message(_export_errors, interrupt=True)
 def reproduce(suite, epochs_scale, device, models, data_dir, limit, img_size, out, table_dir):
     """Train, export and quantize every zoo model of a suite with its seed recipe, and write one table with
     the seed report's figures beside ours. Resumable: finished models are not retrained; a run that a larger
@@ -239,24 +285,17 @@ def reproduce(suite, epochs_scale, device, models, data_dir, limit, img_size, ou
     edgefashion reproduce --suite photos --img-size 96 --epochs-scale 1    # continues those runs
     """
     _need_torch()
-    from .training.export import ExportError
     from .training.reproduce import reproduce as run
-    from .training.train import TrainingError
 
-    try:
-        run(suite, out=out, table_dir=table_dir, epochs_scale=epochs_scale, device=device, data_dir=data_dir,
-            models=[m.strip() for m in models.split(",")] if models else None, limit=limit, img_size=img_size,
-            command="edgefashion " + " ".join(sys.argv[1:]), log=click.echo)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except (TrainingError, ExportError, ValueError, *_user_errors()) as e:
-        raise click.ClickException(str(e)) from None
+    run(suite, out=out, table_dir=table_dir, epochs_scale=epochs_scale, device=device, data_dir=data_dir,
+        models=[m.strip() for m in models.split(",")] if models else None, limit=limit, img_size=img_size,
+        command="edgefashion " + " ".join(sys.argv[1:]), log=click.echo)
 
 
 # --- export / inspect (training half for export; inspect is torch-free) ---
 
 @cli.command("export")
-@click.argument("src", metavar="RUN_DIR_OR_CHECKPOINT", type=click.Path(exists=True))
+@click.argument("src", metavar="RUN_DIR_OR_CHECKPOINT_OR_FP32_ONNX", type=click.Path(exists=True))
 @click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
               help="Export folder [default: export/<model>-<dataset>]; replaced only when every check passes.")
 @click.option("--quantize", type=click.Choice(["int8", "dynamic", "none", "auto"]), default="int8",
@@ -277,31 +316,40 @@ def reproduce(suite, epochs_scale, device, models, data_dir, limit, img_size, ou
               help="Also score both files under an emulated Raspberry Pi 4 (qemu-aarch64; see arm-check) on "
                    "--arm-subset test images: report.json's \"arm\", and the accuracy guard applies to it.")
 @click.option("--arm-subset", type=int, default=2000, show_default=True, help="Test images for --check-arm.")
+@click.option("--target", type=click.Choice(["portable", "x86-vnni", "x86-avx2", "arm64", "native"]),
+              default="portable", show_default=True,
+              help="The CPUs whose INT8 answers must equal this machine's. portable: x86 with and without VNNI "
+                   "and ARM64 (7-bit weights, no saturation anywhere); x86-vnni: full 8-bit weights, only for "
+                   "VNNI CPUs; x86-avx2; arm64 (S8S8); native: whatever suits this machine.")
+@click.option("--cpu-check/--no-cpu-check", default=True, show_default=True,
+              help="Run the INT8 file on each CPU family the target claims (qemu-user emulation; see cpu-check) "
+                   "and refuse it if any answer differs from this machine's.")
+@click.option("--cpu-check-subset", type=int, default=2000, show_default=True,
+              help="Test images for the cross-CPU check.")
+@click.option("--allow-disagreement", is_flag=True,
+              help="Keep an INT8 file that answers differently on a claimed CPU family; its metadata says so.")
+@_fails_with_message(_export_errors, interrupt=True)
 def export_cmd(src, out, quantize, opset, calib_size, max_drop, allow_drop, data_dir, parity_images,
-               calib_methods, latency_runs, check_arm, arm_subset):
+               calib_methods, latency_runs, check_arm, arm_subset, target, cpu_check, cpu_check_subset,
+               allow_disagreement):
     """Export a trained run to ONNX (model.onnx) and INT8 (model.int8.onnx), verified, with report.json and
-    report.md.
+    report.md. SRC may also be an exported model.onnx (or its folder): it is quantized again, e.g. for
+    another --target, and the folder is replaced only when every check passes.
 
     \b
     edgefashion export runs/cnn4-fashion-mnist
     edgefashion export runs/mlp2-fashion-mnist --quantize dynamic --out export/mlp2
+    edgefashion export export/resnet20-fashion-mnist --target portable
     """
     _need_torch()
-    from .runtime.classifier import ModelError
-    from .training.export import ExportError, export_checkpoint
-    from .training.quantize import QuantizeError
-    from .training.train import TrainingError
+    from .training.export import export_checkpoint
 
     methods = tuple(m.strip().lower() for m in calib_methods.split(",") if m.strip())
-    try:
-        r = export_checkpoint(src, out, quantize=quantize, opset=opset, calib_size=calib_size, max_drop=max_drop,
-                              allow_drop=allow_drop, data_dir=data_dir, parity_images=parity_images,
-                              calib_methods=methods, latency_runs=latency_runs, log=click.echo,
-                              check_arm=check_arm, arm_subset=arm_subset)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except (ExportError, QuantizeError, TrainingError, ModelError, ValueError, *_user_errors()) as e:
-        raise click.ClickException(str(e)) from None
+    r = export_checkpoint(src, out, quantize=quantize, opset=opset, calib_size=calib_size, max_drop=max_drop,
+                          allow_drop=allow_drop, data_dir=data_dir, parity_images=parity_images,
+                          calib_methods=methods, latency_runs=latency_runs, log=click.echo,
+                          check_arm=check_arm, arm_subset=arm_subset, target=target, cpu_check=cpu_check,
+                          cpu_check_subset=cpu_check_subset, allow_disagreement=allow_disagreement)
     f, i = r["fp32"], r.get("int8")
     click.echo(f"\n{'':<8}{'size':>12}{'test acc':>10}{'val acc':>10}{'b1 t1 ms':>10}")
     for name, d in (("fp32", f), ("int8", i)):
@@ -309,11 +357,18 @@ def export_cmd(src, out, quantize, opset, calib_size, max_drop, allow_drop, data
             click.echo(f"{name:<8}{d['size_bytes'] / 1024:>10.1f}KB{d['test_accuracy']:>10.4f}"
                        f"{d['val_accuracy']:>10.4f}{d['latency_ms_b1_t1']:>10.3f}")
     p = r["parity"]
-    click.echo(f"parity: {p['top1_agreement']:.2%} top-1 agreement on {p['images']} images, "
-               f"max |logit diff| {p['max_abs_logit_diff']:.2e}")
+    if "top1_agreement" in p:
+        click.echo(f"parity: {p['top1_agreement']:.2%} top-1 agreement on {p['images']} images, "
+                   f"max |logit diff| {p['max_abs_logit_diff']:.2e}"
+                   + (" (recorded when the FP32 file was exported)" if p.get("recorded_at_fp32_export") else ""))
     if i:
-        click.echo(f"int8: {i['method']} per_channel={i['per_channel']} reduce_range={i['reduce_range']}; "
-                   f"size {r['size_ratio']:.1%} of fp32; drop {r['accuracy_drop_pp']:+.2f} pp")
+        click.echo(f"int8: target {r['target']}, {i['method']} per_channel={i['per_channel']} "
+                   f"reduce_range={i['reduce_range']}; size {r['size_ratio']:.1%} of fp32; "
+                   f"drop {r['accuracy_drop_pp']:+.2f} pp")
+        cc = r.get("cross_cpu") or {}
+        if cc.get("families"):
+            click.echo("cross-CPU: " + ", ".join(f"{x['cpu']} {x['agreement']:.2%}" for runs in
+                                                 cc["families"].values() for x in runs) + " agreement with native")
     if r.get("auto"):
         click.echo(f"auto: kept {r['auto']['kept']} ({r['auto']['reason']})")
     click.echo(f"-> {r['out_dir']}")
@@ -322,15 +377,11 @@ def export_cmd(src, out, quantize, opset, calib_size, max_drop, allow_drop, data
 @cli.command("inspect")
 @click.argument("model_path", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="The metadata as JSON.")
+@_fails_with_message(_runtime_errors)
 def inspect_cmd(model_path, as_json):
     """Show an exported model's metadata: labels, input, preprocessing, provenance (no torch needed)."""
-    from .meta import MetaError
-    from .runtime.classifier import Classifier, ModelError
-    try:
-        clf = Classifier(model_path, threads=1)
-    except (ModelError, MetaError, FileNotFoundError) as e:
-        raise click.ClickException(str(e)) from None
-    m = clf.meta
+    from .runtime.classifier import Classifier
+    m = Classifier(model_path, threads=1).meta
     if as_json:
         click.echo(json.dumps(m.to_dict(), indent=2))
         return
@@ -338,6 +389,22 @@ def inspect_cmd(model_path, as_json):
     click.echo(f"labels: {', '.join(m.labels)}")
     click.echo(f"preprocessing: domain {m.domain}, resize {m.resize} ({m.interpolation}), colour {m.color}, "
                f"mean {list(m.mean)}, std {list(m.std)}")
+    if m.split:
+        from .data.splits import SplitSpec
+        click.echo(f"split: {SplitSpec.from_meta(m)} (how training carved the splits a data set does not ship; "
+                   f"eval uses it)")
+    qz, cc = m.extra.get("quantization") or {}, m.extra.get("cross_cpu") or {}
+    if qz.get("target"):
+        click.echo(f"int8 target: {qz['target']} ({qz.get('activation_type')}/{qz.get('weight_type')}, reduce_range "
+                   f"{qz.get('reduce_range')}): {qz.get('reason')}")
+    if cc.get("families"):
+        state = "verified" if cc.get("verified") else ("DISAGREES, kept with --allow-disagreement"
+                                                       if cc.get("accepted_disagreement") else "not verified")
+        click.echo(f"cross-CPU ({state}, exported on {cc.get('host_family')}): " + "; ".join(
+            f"{fam}: {x['cpu']} [{x['how']}] {x['agreement']:.2%} of {x['images']} agree"
+            for fam, runs in cc["families"].items() for x in runs))
+    elif cc:
+        click.echo(f"cross-CPU: {cc.get('reason', 'not verified')}")
     for k, v in m.extra.items():
         click.echo(f"{k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}")
 
@@ -346,19 +413,31 @@ def inspect_cmd(model_path, as_json):
 # torch-free: these commands import only edgefashion.runtime, .data and .meta (tests/test_architecture.py).
 
 _THREADS_HELP = "onnxruntime intra-op threads [default: onnxruntime's choice, one per physical core]."
+_ROI_HELP = ("Region of interest classified: full, center:F (a centred square, F of the shorter side, e.g. "
+             "center:0.7), X,Y,W,H (pixels; fractions when written with a decimal point), or model (the model's "
+             "camera default, from its metadata).")
 
 
-def _runtime_errors():
-    from .meta import MetaError
-    from .runtime.classifier import ModelError
-    from .runtime.sources import SourceError
-    return (ModelError, MetaError, SourceError, ValueError, *_user_errors())
+def _roi(spec, clf):
+    """--roi value -> what the runtime takes: `model` means the file's own ModelMeta.roi."""
+    from .meta import Roi
+    return Roi.parse(clf.meta.roi if spec == "model" else spec)
 
 
-def _classifier(model, kind, threads, spin=False):
+def _classifier(model, kind, threads, spin=False, ort_config=None):
     from .runtime.classifier import Classifier
     from .runtime.models import resolve_model
-    return Classifier(resolve_model(model, kind), threads=threads, spin=spin)
+    return Classifier(resolve_model(model, kind), threads=threads, spin=spin, ort_config=ort_config)
+
+
+def _ort_config(entries) -> dict:
+    out = {}
+    for e in entries:
+        key, sep, value = e.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{e!r}: expected KEY=VALUE", param_hint="--ort-config")
+        out[key.strip()] = value.strip()
+    return out
 
 
 @cli.command("predict")
@@ -368,17 +447,17 @@ def _classifier(model, kind, threads, spin=False):
 @click.option("--json", "as_json", is_flag=True, help='JSON lines: {"image", "label", "prob", "top"} or {"image", "error"}.')
 @click.option("--threads", type=int, default=None, help=_THREADS_HELP)
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Images per onnxruntime call.")
-def predict_cmd(images, model, top_k, as_json, threads, batch_size):
+@click.option("--roi", default="full", show_default=True, help=_ROI_HELP)
+@_fails_with_message(_runtime_errors)
+def predict_cmd(images, model, top_k, as_json, threads, batch_size, roi):
     """Classify image files: one line (or JSON object) per image, in the order given. An unreadable image is
     an error for that file alone (on stderr; an "error" key with --json); the exit status is 1 if any failed.
     """
     from .data import DataError, read_image
-    try:
-        clf = _classifier(model, "photo", threads)
-        if top_k < 1 or batch_size < 1:
-            raise ValueError("--top-k and --batch-size must be positive")
-    except _runtime_errors() as e:
-        raise click.ClickException(str(e)) from None
+    clf = _classifier(model, "photo", threads)
+    if top_k < 1 or batch_size < 1:
+        raise ValueError("--top-k and --batch-size must be positive")
+    roi = _roi(roi, clf)
     failed = 0
     for s in range(0, len(images), batch_size):
         chunk = images[s:s + batch_size]
@@ -388,7 +467,8 @@ def predict_cmd(images, model, top_k, as_json, threads, batch_size):
                 decoded[p] = read_image(p)
             except DataError as e:
                 errors[p] = str(e)
-        preds = dict(zip(decoded, clf.predict_images(list(decoded.values()), top_k=top_k)))
+        # A ValueError here is a pixel ROI that misses a small image.
+        preds = dict(zip(decoded, clf.predict_images(list(decoded.values()), top_k=top_k, roi=roi)))
         for p in chunk:
             if p in errors:
                 failed += 1
@@ -411,7 +491,7 @@ def predict_cmd(images, model, top_k, as_json, threads, batch_size):
 @click.option("--model", "-m", default=None,
               help="Exported .onnx [default: the bundled model for the data's kind, see export/].")
 @click.option("--data", "-d", required=True, help="fashion-mnist, clothing-small, or a folder of class folders.")
-@click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True,
+@click.option("--split", type=click.Choice(EVAL_SPLITS), default=TEST, show_default=True,
               help="all: every image of the data set (a folder's splits together, or the whole unsplit folder).")
 @click.option("--data-dir", default=None, help="Data root [default: $EDGEFASHION_DATA, else ~/.cache/edgefashion].")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: accuracy (a fraction), per_class_accuracy, "
@@ -422,25 +502,29 @@ def predict_cmd(images, model, top_k, as_json, threads, batch_size):
 @click.option("--threads", type=int, default=None, help=_THREADS_HELP)
 @click.option("--predictions", type=click.Path(dir_okay=False), default=None,
               help='Write each image\'s predicted and true label index, in evaluation order, as JSON '
-                   '({"labels", "predicted", "truth"}): to compare machines (edgefashion arm-check).')
-def eval_cmd(model, data, split, data_dir, as_json, plot, limit, batch_size, threads, predictions):
+                   '({"labels", "predicted", "truth", "files"}; files: the image files of a class folder, else '
+                   'null): to compare machines (edgefashion arm-check).')
+@click.option("--roi", default="full", show_default=True, help=_ROI_HELP)
+@click.option("--ort-config", multiple=True, metavar="KEY=VALUE",
+              help="An onnxruntime session config entry, e.g. session.x64quantprecision=1 (u8u8 kernels on x86 "
+                   "without VNNI: what `cpu-check --cpu vnni` uses as VNNI's exact reference). Repeatable.")
+@_fails_with_message(_runtime_errors)
+def eval_cmd(model, data, split, data_dir, as_json, plot, limit, batch_size, threads, predictions, roi, ort_config):
     """Accuracy, per-class accuracy, confusion matrix and images/s of an exported model on Fashion-MNIST or a
     folder with one sub-folder per class. Classes are matched to the model's labels by name.
     """
     from .runtime.evaluate import evaluate, format_report
     from .runtime.plots import save_confusion_png
-    try:
-        clf = _classifier(model, "fashion-mnist" if data == "fashion-mnist" else "photo", threads)
-        r = evaluate(clf, data, split, data_dir=data_dir, limit=limit, batch_size=batch_size)
-        if plot:
-            save_confusion_png(r.confusion, r.labels, plot,
-                               title=f"{clf.meta.model} on {data} ({split}): accuracy {r.accuracy:.4f}")
-        if predictions:
-            Path(predictions).write_text(json.dumps({
-                "model": str(clf.path), "data": str(data), "split": split, "limit": limit, "labels": list(r.labels),
-                "predicted": r.predicted.tolist(), "truth": r.truth.tolist()}) + "\n")
-    except _runtime_errors() as e:
-        raise click.ClickException(str(e)) from None
+    clf = _classifier(model, FASHION_MNIST if data == FASHION_MNIST else "photo", threads,
+                      ort_config=_ort_config(ort_config))
+    r = evaluate(clf, data, split, data_dir=data_dir, limit=limit, batch_size=batch_size, roi=_roi(roi, clf))
+    if plot:
+        save_confusion_png(r.confusion, r.labels, plot,
+                           title=f"{clf.meta.model} on {data} ({split}): accuracy {r.accuracy:.4f}")
+    if predictions:
+        Path(predictions).write_text(json.dumps({
+            "model": str(clf.path), "data": str(data), "split": split, "limit": limit, "labels": list(r.labels),
+            "predicted": r.predicted.tolist(), "truth": r.truth.tolist(), "files": r.files}) + "\n")
     click.echo(json.dumps(r.to_dict()) if as_json else format_report(r))
 
 
@@ -473,8 +557,25 @@ def eval_cmd(model, data, split, data_dir, as_json, plot, limit, batch_size, thr
               help="Seconds before the first reconnect, doubling up to 8 [default: "
                    "$EDGEFASHION_CAMERA_RETRY_DELAY, else 0.5].")
 @click.option("--data-dir", default=None, help="Data root for --source demo.")
+@click.option("--roi", default="model", show_default=True,
+              help=_ROI_HELP + " Drawn on the window as a 'hold the garment here' box.")
+@click.option("--serve", default=None, metavar="[HOST:]PORT",
+              help="Also serve the view over HTTP: / (a page with the live overlay and stats), /stream.mjpg, "
+                   "/status (JSON), /snapshot.jpg. HOST defaults to 127.0.0.1, this machine only; to watch from "
+                   "another machine give a host explicitly, e.g. 0.0.0.0:8080 (every network interface), and "
+                   "set --serve-token on a shared network.")
+@click.option("--serve-fps", type=float, default=15.0, show_default=True,
+              help="Most frames a second sent to viewers, whatever the loop's rate.")
+@click.option("--serve-quality", type=int, default=80, show_default=True, help="JPEG quality of served frames (1-100).")
+@click.option("--serve-max-clients", type=int, default=4, show_default=True,
+              help="Most viewers streaming at once; more get 503.")
+@click.option("--serve-token", default=None, envvar="EDGEFASHION_SERVE_TOKEN", show_envvar=True, metavar="TOKEN",
+              help="Every request must carry it, as ?token=TOKEN or 'Authorization: Bearer TOKEN', else 401 "
+                   "(the environment variable keeps it out of the process list).")
+@_fails_with_message(_runtime_errors)
 def camera_cmd(model, source, threads, spin, headless, as_json, max_frames, record, realtime, top_k, smooth,
-               threshold, retries, retry_delay, data_dir):
+               threshold, retries, retry_delay, data_dir, roi, serve, serve_fps, serve_quality, serve_max_clients,
+               serve_token):
     """Classify frames live with an overlay of the top-3 labels, probabilities, FPS and latency.
 
     Live sources are read on a capture thread that keeps only the newest frame; files are read in order.
@@ -486,18 +587,17 @@ def camera_cmd(model, source, threads, spin, headless, as_json, max_frames, reco
     \b
     edgefashion camera --source demo
     edgefashion camera --model export/cnn4-fashion-mnist/model.int8.onnx --source clip.mp4 --headless --json
+    edgefashion camera --headless --serve 0.0.0.0:8080 --serve-token SECRET   # then http://HOST:8080/?token=SECRET
     """
     from .runtime.camera import CameraOptions, run_camera
     from .runtime.models import resolve_model
-    try:
-        opt = CameraOptions(model=resolve_model(model, "photo"), source=source, threads=threads, spin=spin,
-                            headless=headless, json=as_json, max_frames=max_frames,
-                            record=Path(record) if record else None, realtime=realtime, top_k=top_k,
-                            smooth=smooth, threshold=threshold, retries=retries, retry_delay=retry_delay,
-                            data_dir=data_dir)
-        run_camera(opt)
-    except _runtime_errors() as e:
-        raise click.ClickException(str(e)) from None
+    opt = CameraOptions(model=resolve_model(model, "photo"), source=source, threads=threads, spin=spin,
+                        headless=headless, json=as_json, max_frames=max_frames,
+                        record=Path(record) if record else None, realtime=realtime, top_k=top_k,
+                        smooth=smooth, threshold=threshold, retries=retries, retry_delay=retry_delay,
+                        data_dir=data_dir, roi=None if roi == "model" else roi, serve=serve, serve_fps=serve_fps,
+                        serve_quality=serve_quality, serve_max_clients=serve_max_clients, serve_token=serve_token)
+    run_camera(opt)
 
 
 @cli.command("bench")
@@ -526,6 +626,7 @@ def camera_cmd(model, source, threads, spin, headless, as_json, max_frames, reco
               help="Write accuracy against latency (one point per model file) as a PNG.")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default="benchmarks/results", show_default=True,
               help="Folder for <date>-<host>.json and .md.")
+@_fails_with_message(_runtime_errors)
 def bench_cmd(models, threads, batch, warmup, runs, block, spin, baseline, accuracy, data, data_dir, limit, tolerance,
               as_json, plot, out):
     """Latency (median, p90, p99, images/s), size, MFLOPs, memory and accuracy of exported models on this
@@ -537,26 +638,21 @@ def bench_cmd(models, threads, batch, warmup, runs, block, spin, baseline, accur
     edgefashion bench --baseline torch --accuracy --plot bench.png
     """
     from .runtime import bench as b
-    try:
-        factory = None
-        if baseline == "torch":
-            try:
-                import torch  # noqa: F401
-            except ImportError:
-                raise click.ClickException('--baseline torch needs PyTorch: pip install "edgefashion[train]"') from None
-            from .training.bench_torch import torch_runner
-            factory = torch_runner
-        paths = [Path(p) for p in models] or b.find_models()
-        r = b.bench(paths, batches=b.parse_int_list(batch, "batch"), threads=b.parse_int_list(threads, "threads"),
-                    warmup=warmup, runs=runs, block=block, spin=spin, baseline=factory, accuracy=accuracy, data=data,
-                    data_dir=data_dir, limit=limit, tolerance_pp=tolerance, log=lambda s: click.echo(s, err=True))
-        if plot:
-            b.save_plot(r, Path(plot))
-        jp, mp = b.write_results(r, Path(out))
-    except click.ClickException:
-        raise
-    except _runtime_errors() as e:
-        raise click.ClickException(str(e)) from None
+    factory = None
+    if baseline == "torch":
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise click.ClickException('--baseline torch needs PyTorch: pip install "edgefashion[train]"') from None
+        from .training.bench_torch import torch_runner
+        factory = torch_runner
+    paths = [Path(p) for p in models] or b.find_models()
+    r = b.bench(paths, batches=b.parse_int_list(batch, "batch"), threads=b.parse_int_list(threads, "threads"),
+                warmup=warmup, runs=runs, block=block, spin=spin, baseline=factory, accuracy=accuracy, data=data,
+                data_dir=data_dir, limit=limit, tolerance_pp=tolerance, log=lambda s: click.echo(s, err=True))
+    if plot:
+        b.save_plot(r, Path(plot))
+    jp, mp = b.write_results(r, Path(out))
     if as_json:
         click.echo(json.dumps(r))
         return
@@ -565,7 +661,7 @@ def bench_cmd(models, threads, batch, warmup, runs, block, spin, baseline, accur
 
 
 
-# --- arm-check: the runtime on a Raspberry Pi's CPU, emulated (issue 8); host side is stdlib + subprocess ---
+# --- arm-check: the runtime on a Raspberry Pi's CPU, emulated; host side is stdlib + subprocess ---
 
 @cli.command("arm-check")
 @click.option("--model", "-m", "models", multiple=True,
@@ -585,6 +681,7 @@ def bench_cmd(models, threads, batch, warmup, runs, block, spin, baseline, accur
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the report as JSON to this file (- for stdout instead of the table).")
 @click.option("--setup-only", is_flag=True, help="Only build the cached aarch64 Python + wheels, and probe them.")
+@_fails_with_message(_emulation_errors)
 def arm_check_cmd(models, subset, board, cache, data, data_dir, max_drop, threads, json_path, setup_only):
     """Run edgefashion's own eval under aarch64 emulation (qemu-user, a Raspberry Pi's core and /proc/cpuinfo)
     and on this machine, on the same test subset: accuracy of each file on both, top-1 agreement.
@@ -596,20 +693,60 @@ def arm_check_cmd(models, subset, board, cache, data, data_dir, max_drop, thread
     \b
     edgefashion arm-check --model /tmp/export_cnn4 --subset 2000 --json arm.json
     """
-    from . import arm
+    from .runtime import emulate as arm
     log = (lambda m: click.echo(m, err=True))
-    try:
-        if setup_only:
-            env = arm.setup(cache, log=log)
-            click.echo(json.dumps({**env, "emulated": arm.probe(env, board)}, indent=2))
-            return
-        r = arm.check(list(models) or arm.default_models(), subset=subset, cache=cache, board=board, data=data,
-                      data_dir=data_dir, max_drop=max_drop, threads=threads, log=log)
-    except arm.ArmError as e:
-        raise click.ClickException(str(e)) from None
+    if setup_only:
+        env = arm.setup(cache, log=log)
+        click.echo(json.dumps({**env, "emulated": arm.probe(env, board)}, indent=2))
+        return
+    r = arm.check(list(models) or arm.default_models(), subset=subset, cache=cache, board=board, data=data,
+                  data_dir=data_dir, max_drop=max_drop, threads=threads, log=log)
+    _emit_check(r, json_path, arm.format_table)
+
+
+@cli.command("cpu-check")
+@click.argument("models", nargs=-1, metavar="MODEL...")
+@click.option("--cpu", "cpus", default="families", show_default=True,
+              help="Comma-separated: haswell (x86 AVX2 without VNNI, qemu-x86_64), nehalem (x86 SSE4.2, no AVX), "
+                   "vnni (x86 with VNNI: native where the host has it, else the exact u8u8 reference), pi4, pi5 "
+                   "(ARM64, qemu-aarch64); families = haswell,vnni,pi4; all = every x86 level, vnni and pi4. "
+                   "The native run is always made: every other CPU is compared with it.")
+@click.option("--subset", type=int, default=2000, show_default=True,
+              help="Test images per model (eval --limit: stratified, seeded, the same on every CPU).")
+@click.option("--data", "-d", default=None, help="Data set [default: the one in each model's metadata].")
+@click.option("--data-dir", default=None, help="Data root [default: $EDGEFASHION_DATA, else ~/.cache/edgefashion].")
+@click.option("--max-drop", type=float, default=0.5, show_default=True,
+              help="Largest INT8 accuracy loss against FP32 on the same CPU, in percentage points.")
+@click.option("--threads", type=int, default=1, show_default=True, help="onnxruntime threads on every CPU.")
+@click.option("--cache", type=click.Path(file_okay=False), default=None,
+              help="The aarch64 set-up for pi4/pi5 [default: $EDGEFASHION_ARM_CACHE, else ~/.cache/edgefashion/arm].")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the report as JSON to this file (- for stdout instead of the table).")
+@_fails_with_message(_emulation_errors)
+def cpu_check_cmd(models, cpus, subset, data, data_dir, max_drop, threads, cache, json_path):
+    """Run edgefashion's own eval of each MODEL (an .onnx file or an export folder; default: every bundled
+    export/*/) natively and on other CPU families, and compare the answers image by image.
+
+    Exit status 1 if an INT8 file answers differently on a family its quantization target claims (see
+    `export --target`), an FP32 file agrees with native on fewer than 99.9% of the images, or INT8 loses more
+    than --max-drop points to FP32 on some CPU. Needs qemu-user-static. Timings under emulation mean nothing
+    and are not reported as speeds.
+
+    \b
+    edgefashion cpu-check export/resnet20-fashion-mnist --cpu all --subset 2000 --json cpu.json
+    """
+    from .runtime import emulate
+    log = (lambda m: click.echo(m, err=True))
+    r = emulate.cpu_check(list(models) or emulate.default_models(), emulate.parse_cpus(cpus), subset=subset,
+                          data=data, data_dir=data_dir, threads=threads, max_drop=max_drop, cache=cache, log=log)
+    _emit_check(r, json_path, emulate.format_cpu_table)
+
+
+def _emit_check(r: dict, json_path, table) -> None:
+    """An emulation check's report: JSON to a file (or to stdout for -), else the table; exit 1 on failures."""
     if json_path and json_path != "-":
         Path(json_path).write_text(json.dumps(r, indent=2) + "\n")
-    click.echo(json.dumps(r, indent=2) if json_path == "-" else arm.format_table(r))
+    click.echo(json.dumps(r, indent=2) if json_path == "-" else table(r))
     if not r["ok"]:
         sys.exit(1)
 

@@ -20,11 +20,21 @@ META_KEY = "edgefashion"  # the metadata_props key holding ModelMeta as JSON
 # builds its session: some INT8 files are only fast with one of onnxruntime's optimizers switched off.
 ORT_DISABLED_OPTIMIZERS_KEY = "ort_disabled_optimizers"
 FORMAT_VERSION = 1
+# ModelMeta.split's keys: the fields of data.splits.SplitSpec (not imported: this module is standard library only).
+SPLIT_KEYS = frozenset({"val_fraction", "test_fraction", "seed"})
 
 FASHION_MNIST_MEAN = (0.2860,)
 FASHION_MNIST_STD = (0.3530,)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# The region of a camera frame the model looks at (`camera --roi`, ModelMeta.roi). "full" is the whole frame;
+# files exported before the field existed read as "full". Photo models trained on product shots see a garment
+# that fills the picture; on a webcam the garment is held near the centre and the rest is the room, so a centred
+# square is what they should classify (benchmarks/camera/README.md measures the choice).
+ROI_FULL = "full"
+# Measured on the camera benchmark (benchmarks/camera/results.md): the default of newly trained photo models.
+PHOTO_CAMERA_ROI = "center:0.7"
 
 
 class MetaError(ValueError):
@@ -44,6 +54,12 @@ class ModelMeta:
     domain: str = "photo"
     interpolation: str = "area"  # OpenCV INTER_AREA: the right filter for downscaling photos
     dataset: str = ""
+    # The camera's default region of interest (Roi.parse syntax); predict and eval default to the whole image.
+    roi: str = ROI_FULL
+    # How the data set's unshipped splits were carved for training (data.splits.SplitSpec as a dict:
+    # val_fraction, test_fraction, seed), so `eval --split val|test` scores the images training held out.
+    # Empty in files made before it was recorded: those used SplitSpec's defaults.
+    split: Mapping[str, Any] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)  # accuracy figures, versions, dates; free-form
 
     def __post_init__(self) -> None:
@@ -52,6 +68,7 @@ class ModelMeta:
         object.__setattr__(self, "mean", tuple(float(x) for x in self.mean))
         object.__setattr__(self, "std", tuple(float(x) for x in self.std))
         object.__setattr__(self, "extra", dict(self.extra))
+        object.__setattr__(self, "split", dict(self.split or {}))
         self.validate()
 
     @property
@@ -81,6 +98,15 @@ class ModelMeta:
             raise MetaError(f"domain must be one of {DOMAINS}, got {self.domain!r}")
         if self.interpolation not in ("area", "linear", "nearest", "cubic"):
             raise MetaError(f"unknown interpolation {self.interpolation!r}")
+        try:
+            Roi.parse(self.roi)
+        except ValueError as e:
+            raise MetaError(f"metadata roi: {e}") from None
+        # Keys this version does not know are left alone, so that a newer file still opens.
+        for k, v in ((k, v) for k, v in self.split.items() if k in SPLIT_KEYS):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (k != "seed" and v > 1):
+                raise MetaError(f"metadata split {k} must be a number{' in [0, 1]' if k != 'seed' else ' >= 0'}, "
+                                f"got {v!r}")
 
     def replace(self, **changes: Any) -> "ModelMeta":
         d = self.to_dict()
@@ -145,6 +171,74 @@ class ModelMeta:
             raise MetaError(f"{source}: {e}") from None
 
 
+@dataclass(frozen=True)
+class Roi:
+    """A region of interest of a frame: the whole frame, a centred square, or a rectangle.
+
+    Syntax (``--roi``, ModelMeta.roi): ``full``; ``center:F``, a centred square whose side is F (0 < F <= 1) of
+    the frame's shorter side (its height, for a landscape camera); ``X,Y,W,H``, a rectangle, in pixels when all
+    four are integers, in fractions of the frame's width and height when any has a decimal point. A rectangle is
+    clipped to the frame; one that misses the frame entirely is an error when a frame arrives."""
+    kind: str  # "full", "center" or "rect"
+    values: tuple = ()
+    fractional: bool = False
+    spec: str = ROI_FULL
+
+    @classmethod
+    def parse(cls, spec: "str | Roi | None") -> "Roi":
+        if isinstance(spec, Roi):
+            return spec
+        text = (spec or ROI_FULL).strip().lower()
+        if text == ROI_FULL:
+            return cls("full", (), False, ROI_FULL)
+        if text.startswith(("center:", "centre:")):
+            try:
+                f = float(text.split(":", 1)[1])
+            except ValueError:
+                f = -1.0
+            if not 0 < f <= 1:
+                raise ValueError(f"ROI {spec!r}: center:F needs 0 < F <= 1 (the square's side as a fraction of "
+                                 f"the frame's shorter side)")
+            return cls("center", (f,), True, f"center:{f:g}")
+        parts = [p.strip() for p in text.split(",")]
+        if len(parts) == 4:
+            fractional = any("." in p for p in parts)
+            try:
+                vals = tuple(float(p) if fractional else int(p) for p in parts)
+            except ValueError:
+                vals = ()
+            if vals and vals[2] > 0 and vals[3] > 0 and vals[0] >= 0 and vals[1] >= 0 and \
+                    (not fractional or all(v <= 1 for v in vals)):
+                return cls("rect", vals, fractional, ",".join(parts))
+        raise ValueError(f"ROI {spec!r}: expected full, center:F (0 < F <= 1), or X,Y,W,H (pixels, or "
+                         f"fractions of the frame such as 0.2,0.1,0.6,0.8)")
+
+    @property
+    def is_full(self) -> bool:
+        return self.kind == "full"
+
+    def box(self, height: int, width: int) -> tuple:
+        """(x0, y0, x1, y1) in pixels for a frame of this size."""
+        if self.kind == "full":
+            return 0, 0, width, height
+        if self.kind == "center":
+            side = max(1, int(round(self.values[0] * min(height, width))))
+            x0, y0 = (width - side) // 2, (height - side) // 2
+            return x0, y0, x0 + side, y0 + side
+        x, y, w, h = self.values
+        if self.fractional:
+            x, w = x * width, w * width
+            y, h = y * height, h * height
+        x0, y0 = int(round(x)), int(round(y))
+        x1, y1 = min(width, int(round(x + w))), min(height, int(round(y + h)))
+        if x0 >= x1 or y0 >= y1:
+            raise ValueError(f"ROI {self.spec} lies outside the {width}x{height} frame")
+        return x0, y0, x1, y1
+
+    def __str__(self) -> str:
+        return self.spec
+
+
 def fashion_mnist_meta(model: str, labels: tuple[str, ...] | list[str], input_size: int = 28) -> ModelMeta:
     return ModelMeta(
         model=model, labels=tuple(labels), input_size=input_size, in_chans=1,
@@ -157,5 +251,5 @@ def photo_meta(model: str, labels: tuple[str, ...] | list[str], input_size: int,
     return ModelMeta(
         model=model, labels=tuple(labels), input_size=input_size, in_chans=3,
         mean=IMAGENET_MEAN, std=IMAGENET_STD, resize="center_crop", color="rgb",
-        domain="photo", dataset=dataset,
+        domain="photo", dataset=dataset, roi=PHOTO_CAMERA_ROI,
     )

@@ -51,7 +51,7 @@ def test_python_dash_m_works():
 
 
 def test_runtime_commands_run_without_torch(tmp_path, shared_data):
-    """predict, eval and camera (on a video) with torch, torchvision and timm blocked (issue 4)."""
+    """predict, eval and camera (on a video) with torch, torchvision and timm blocked."""
     from test_runtime_torchfree import commands, tiny_runtime_files
     model, video, photos = tiny_runtime_files(tmp_path)
     for args in commands(model, video, photos):

@@ -1,4 +1,4 @@
-"""edgefashion arm-check (issue 8): the pieces without qemu, and one real run under aarch64 emulation.
+"""edgefashion arm-check: the pieces without qemu, and one real run under aarch64 emulation.
 
 The emulated run needs the cached aarch64 Python + wheels (about 90 MB of downloads, ~10 s to build on a fast
 link) plus qemu-user-static: it runs when that cache already exists, or when EDGEFASHION_ARM_TESTS=1 asks to
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, data_root, run_cli
-from edgefashion import arm
+from edgefashion.runtime import emulate as arm
 
 
 # --- the emulated board ---

@@ -1,4 +1,4 @@
-"""`edgefashion bench` and `export --quantize auto` (issue 5). Timings are never asserted: only that they exist,
+"""`edgefashion bench` and `export --quantize auto`. Timings are never asserted: only that they exist,
 have the right types, and land in the files the command promises."""
 import json
 import shutil

@@ -25,8 +25,10 @@ import pytest
 
 from edgefashion.data import (CLOTHING_SMALL_URL, FASHION_MNIST_LABELS, DataError, FolderDataset, download,
                               download_first, ensure_clothing_small, load_fashion_mnist, load_folder_dataset,
-                              load_images, read_idx, read_image, resolve_data_root, resolve_dataset,
-                              stratified_split)
+                              load_images, load_splits, read_idx, read_image, resolve_data_root, resolve_dataset,
+                              SplitSpec, stratified_split, stratified_subset)
+from edgefashion.data.splits import carve
+from edgefashion.meta import ModelMeta
 from edgefashion.data.fashion_mnist import FASHION_MNIST_FILES, FASHION_MNIST_SHA256
 from edgefashion.data.folders import find_splits, list_class_folder
 from edgefashion.data.idx import write_idx
@@ -569,6 +571,59 @@ def test_stratified_split():
     assert len(stratified_split(y, 0.0, seed=0)[1]) == 0
     # Pinned: a change here (our algorithm or numpy's PCG64 stream) changes every run's split.
     assert stratified_split(np.zeros(10, int), 0.3, seed=0)[1].tolist() == [2, 4, 6]
+
+
+def test_split_spec_records_and_reads_back():
+    from edgefashion.meta import MetaError, photo_meta
+    spec = SplitSpec(val_fraction=0.3, test_fraction=0.1, seed=7)
+    assert SplitSpec.from_dict(spec.to_dict()) == spec
+    # Files and checkpoints from before the parameters were recorded read as the defaults they were made with.
+    assert SplitSpec.from_dict(None) == SplitSpec.from_dict({}) == SplitSpec(0.2, 0.2, 0)
+    assert SplitSpec.from_dict({"seed": 1, "newer_key": "x"}) == SplitSpec(seed=1)
+    meta = photo_meta("m", ["a", "b"], 32)
+    assert SplitSpec.from_meta(meta) == SplitSpec()
+    assert SplitSpec.from_meta(meta.replace(split=spec.to_dict())) == spec
+    assert ModelMeta.from_json(meta.replace(split=spec.to_dict()).to_json()).split == spec.to_dict()
+    for bad in ({"val_fraction": 1.5}, {"seed": -1}, {"seed": True}):
+        with pytest.raises(ValueError):
+            SplitSpec.from_dict(bad)
+        with pytest.raises(MetaError, match="split"):
+            meta.replace(split=bad)
+
+
+def test_carve_takes_test_first_then_val_from_the_rest():
+    y = np.repeat(np.arange(3), [20, 11, 5])
+    spec = SplitSpec(val_fraction=0.25, test_fraction=0.2, seed=3)
+    idx = carve(y, spec, ("test", "val"))
+    keep, test = stratified_split(y, 0.2, 3)
+    keep2, val = stratified_split(y[keep], 0.25, 3)
+    assert idx["test"].tolist() == test.tolist() and idx["val"].tolist() == keep[val].tolist()
+    assert idx["train"].tolist() == keep[keep2].tolist()
+    # Only what the data set does not ship is carved: with a shipped test split, val comes from all of train.
+    only_val = carve(y, spec, ("val",))
+    assert set(only_val) == {"train", "val"} and only_val["val"].tolist() == stratified_split(y, 0.25, 3)[1].tolist()
+    with pytest.raises(ValueError, match="carved"):
+        carve(y, spec, ("train",))
+
+
+def test_load_splits_is_the_same_everywhere(shared_data, tmp_path):
+    root = make_class_tree(tmp_path / "ds", {"a": 12, "b": 9})
+    spec = SplitSpec(val_fraction=0.3, seed=1)
+    sd = load_splits("folder", root, spec)
+    assert split_sets(sd) == split_sets(load_folder_dataset(root, spec)) == \
+        split_sets(load_folder_dataset(root, val_fraction=0.3, seed=1))
+    assert split_sets(sd) != split_sets(load_folder_dataset(root))
+    assert sorted(sd.part("all")[0]) == sorted(root.rglob("*.jpg"))
+    fm = load_splits("fashion-mnist", shared_data / "fashion-mnist", SplitSpec(seed=1))
+    raw = load_fashion_mnist(shared_data, download=False)
+    keep, val = stratified_split(raw["train"][1], 0.2, 1)
+    assert np.array_equal(fm.part("val")[0], raw["train"][0][val])
+    assert np.array_equal(fm.part("train")[1], raw["train"][1][keep])
+    assert fm.part("test")[0] is raw["test"][0] or np.array_equal(fm.part("test")[0], raw["test"][0])
+    # all: the data set's own order (train files, then test files), whatever the split parameters
+    assert np.array_equal(fm.part("all")[1], np.concatenate([raw["train"][1], raw["test"][1]]))
+    sub = stratified_subset(fm.part("test")[1], 100, 0)
+    assert len(sub) == 100 and np.bincount(fm.part("test")[1][sub]).tolist() == [10] * 10
 
 
 def test_shipped_train_and_test_without_val(tmp_path):

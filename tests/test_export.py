@@ -1,4 +1,4 @@
-"""`edgefashion export`: ONNX + INT8 files that describe themselves, verified before they land (issue 3)."""
+"""`edgefashion export`: ONNX + INT8 files that describe themselves, verified before they land."""
 import copy
 import json
 import os
@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 from edgefashion.cli import cli
 from edgefashion.meta import MetaError, ModelMeta, fashion_mnist_meta, photo_meta
 from edgefashion.runtime.classifier import Classifier, ModelError, Prediction, softmax
@@ -22,8 +22,9 @@ from edgefashion.training.train import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, T
                                         save_checkpoint)
 from edgefashion.training.zoo import create_model, get_entry, list_models
 
+# The cross-CPU check runs under emulation: tests that are not about it leave it out (test_cross_cpu_* run it).
 FAST = dict(calib_size=32, calib_methods=("minmax",), per_channel=(True,), latency_runs=5, parity_images=256,
-            log=lambda *a: None)
+            cpu_check=False, log=lambda *a: None)
 
 
 def _quiet(*a, **k):
@@ -233,7 +234,8 @@ def test_accuracy_guard_trips_and_allow_drop_keeps(tiny_run, tmp_path):
     assert (dest / "model.int8.onnx").is_file() and (dest / "report.json").is_file()
     # CLI: non-zero exit with the numbers on one line
     res = CliRunner().invoke(cli, ["export", str(tiny_run), "--out", str(tmp_path / "cli"), "--max-drop", "-100",
-                                   "--calib-size", "32", "--calib-methods", "minmax", "--latency-runs", "5"])
+                                   "--calib-size", "32", "--calib-methods", "minmax", "--latency-runs", "5",
+                                   "--no-cpu-check"])
     assert res.exit_code == 1, res.output
     err = res.output.strip().splitlines()[-1]
     assert err.startswith("Error: INT8 test accuracy") and "FP32" in err and "--allow-drop" in err
@@ -370,7 +372,7 @@ def test_first_block_fp32_file_runs_without_qdq_propagation(tiny_export, tmp_pat
 def test_cli_export_end_to_end(tiny_run, tmp_path):
     out = tmp_path / "cli-export"
     p = run_cli("export", tiny_run, "--quantize", "int8", "--out", out, "--calib-size", "64", "--calib-methods",
-                "minmax", "--latency-runs", "10", "--max-drop", "100", cwd=tmp_path)
+                "minmax", "--latency-runs", "10", "--max-drop", "100", "--no-cpu-check", cwd=tmp_path)
     assert "parity" in p.stdout and "int8" in p.stdout
     assert sorted(x.name for x in out.iterdir()) == ["model.int8.onnx", "model.onnx", "report.json", "report.md"]
     r = json.loads((out / "report.json").read_text())
@@ -399,3 +401,91 @@ def test_inspect_and_classifier_run_without_torch(tiny_export):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert "labels:" in p.stdout and "precision: fp32" in p.stdout
+
+
+# --- export targets and the cross-CPU check ----------------------------------------------------------------------
+
+X86 = "flags\t\t: fpu sse4_2 avx avx2 fma"
+
+
+@pytest.mark.parametrize("target,act,rr,families", [
+    ("portable", "QUInt8", True, ("x86-vnni", "x86-avx2", "arm64")),
+    ("x86-vnni", "QUInt8", False, ("x86-vnni",)),
+    ("x86-avx2", "QUInt8", True, ("x86-avx2",)),
+    ("arm64", "QInt8", False, ("arm64",)),
+    ("native", "QUInt8", True, ("x86-avx2",)),  # for an AVX2 CPU without VNNI
+])
+def test_target_settings(target, act, rr, families):
+    s = q.target_settings(target, q.detect_cpu(f"processor\t: 0\n{X86}\n", "x86_64"))
+    assert (s.activation_type, s.reduce_range, s.families, s.target) == (act, rr, families, target)
+    assert s.reason
+    with pytest.raises(q.QuantizeError, match="--target 'avx9': choose from portable"):
+        q.target_settings("avx9", {})
+
+
+def _fake_cpu_check(disagree_on):
+    """emulate.cpu_check's report for one INT8 file: native, haswell, vnni, pi4; `disagree_on` differs."""
+    def check(models, cpus, **kw):
+        rows = [{"cpu": c, "family": fam, "how": "native" if c == "native" else "emulated", "images": 200,
+                 "accuracy": 0.9, "agreement": 0.99 if c == disagree_on else 1.0,
+                 "disagreements": 2 if c == disagree_on else 0}
+                for c, fam in (("native", "x86-avx2"), ("haswell", "x86-avx2"), ("vnni", "x86-vnni"),
+                               ("pi4", "arm64")) if c == "native" or c in cpus]
+        return {"rows": rows}
+    return check
+
+
+def test_export_refuses_a_target_that_disagrees_on_a_claimed_family(tiny_run, tmp_path, monkeypatch):
+    """The decision on top of the emulation (which test_cross_cpu_check_at_export runs for real)."""
+    from edgefashion.runtime import emulate
+    monkeypatch.setattr(emulate, "cpu_check", _fake_cpu_check("pi4"))
+    dest = tmp_path / "exp"
+    opts = {**FAST, "cpu_check": True, "target": "portable"}
+    with pytest.raises(ex.ExportError, match=r"--target portable: .* pi4 \(arm64\): 2 of 200 differ; nothing written"):
+        ex.export_checkpoint(tiny_run, dest, max_drop=100, **opts)
+    assert not dest.exists() and _leftovers(tmp_path) == []
+    # A family the target does not claim may differ: x86-avx2 claims only haswell's family.
+    r = ex.export_checkpoint(tiny_run, dest, max_drop=100, **{**opts, "target": "x86-avx2"})
+    assert r["cross_cpu"]["verified"] is True and r["cross_cpu"]["claimed_families"] == ["x86-avx2"]
+    # --allow-disagreement keeps it, and the file says so.
+    r = ex.export_checkpoint(tiny_run, dest, max_drop=100, allow_disagreement=True, **opts)
+    cc = Classifier(dest / "model.int8.onnx").meta.extra["cross_cpu"]
+    assert cc["verified"] is False and cc["accepted_disagreement"] is True
+    assert cc["families"]["arm64"][0]["disagreements"] == 2
+
+
+def _have_x86_qemu():
+    return shutil.which("qemu-x86_64-static") is not None
+
+
+@pytest.mark.skipif(not _have_x86_qemu(), reason="qemu-x86_64-static not installed (apt-get install qemu-user-static)")
+def test_cross_cpu_check_at_export_and_requantizing_an_onnx_file(tiny_export, tmp_path):
+    """Real emulation: the exported FP32 file quantized again for x86 without VNNI, checked under qemu -cpu
+    Haswell and against the exact (VNNI) reference; the files carry no machine path."""
+    src, _ = tiny_export
+    dest = tmp_path / "avx2"
+    p = run_cli("export", src / "model.onnx", "--out", dest, "--target", "x86-avx2", "--calib-size", "32",
+                "--calib-methods", "minmax", "--latency-runs", "5", "--cpu-check-subset", "150", "--max-drop", "100")
+    assert "re-quantizing the exported FP32 file" in p.stdout and "cross-CPU: native 100.00%, haswell 100.00%" in p.stdout
+    r = json.loads((dest / "report.json").read_text())
+    assert r["source_kind"] == "onnx" and r["source"] == "model.onnx" and r["target"] == "x86-avx2"
+    assert r["parity"]["recorded_at_fp32_export"] is True
+    meta = Classifier(dest / "model.int8.onnx").meta
+    cc = meta.extra["cross_cpu"]
+    assert cc["verified"] is True and cc["families"]["x86-avx2"][-1]["cpu"] == "haswell"
+    assert meta.extra["quantization"]["target"] == "x86-avx2" and meta.extra["quantization"]["reduce_range"] is True
+    assert meta.extra["requantized_from_sha256"] == __import__("hashlib").sha256((src / "model.onnx").read_bytes()).hexdigest()
+    for f in ("model.onnx", "model.int8.onnx"):
+        blob = json.dumps(Classifier(dest / f).meta.to_dict())
+        assert "/tmp" not in blob and str(Path.home()) not in blob and "/work" not in blob, blob
+    assert "Target x86-avx2" in (dest / "report.md").read_text()
+    # The emulated CPUs, through the command users run.
+    c = run_cli("cpu-check", dest / "model.int8.onnx", "--cpu", "haswell,vnni", "--subset", "100", "--json", "-")
+    rows = {row["cpu"]: row for row in json.loads(c.stdout)["rows"]}
+    assert set(rows) == {"native", "haswell", "vnni"} and all(r["disagreements"] == 0 for r in rows.values())
+    assert rows["haswell"]["how"] == "emulated" and rows["haswell"]["claimed"] is True
+
+
+def test_cpu_check_bad_cpu_is_one_line_error():
+    p = run_cli("cpu-check", REPO / "export" / "resnet20-fashion-mnist", "--cpu", "pentium", check=False)
+    assert p.returncode != 0 and "--cpu 'pentium': choose from" in p.stderr and "Traceback" not in p.stderr

@@ -1,4 +1,4 @@
-"""The torch-free runtime commands (issue 4): predict, eval, camera, default model lookup.
+"""The torch-free runtime commands: predict, eval, camera, default model lookup.
 
 Models are built once per session with the real training and export code, on small real-data subsets."""
 import http.server
@@ -25,7 +25,7 @@ from edgefashion.runtime.preprocess import preprocess
 from edgefashion.runtime.sources import LatestFrame
 
 FAST = dict(quantize="int8", calib_size=32, max_drop=100.0, allow_drop=True, parity_images=32,
-            calib_methods=("minmax",), per_channel=(True,), latency_runs=5, log=lambda *a: None)
+            calib_methods=("minmax",), per_channel=(True,), latency_runs=5, cpu_check=False, log=lambda *a: None)
 
 
 def _build(tmp_path_factory, shared_data, name, **cfg):

@@ -2,10 +2,13 @@
 interruption, divergence, photo folders."""
 import csv
 import json
+import io
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -57,24 +60,61 @@ def _metrics(out: Path):
     return list(csv.DictReader((out / "metrics.csv").open())) if (out / "metrics.csv").exists() else []
 
 
+def _start_training(args, out: Path):
+    """`edgefashion train ARGS --out OUT` in a child process whose stderr lines arrive on a queue as they are
+    written: stderr is a pipe, so training prints one plain line as each epoch starts."""
+    env = dict(os.environ, EDGEFASHION_DATA=str(data_root()))
+    proc = subprocess.Popen([sys.executable, "-m", "edgefashion", *map(str, args), "--out", str(out)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: "queue.Queue[str | None]" = queue.Queue()
+
+    def pump():
+        for line in proc.stderr:
+            lines.put(line)
+        lines.put(None)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    return proc, lines, reader
+
+
+def _wait_for_line(lines, prefix: str, timeout: float = 600) -> list:
+    """Every stderr line up to and including the first that starts with `prefix`; fails if the child ends
+    or stays silent first. Blocking on the queue, not polling with sleeps: the test acts the moment the line
+    is written."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while True:
+        line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        if line is None:
+            raise AssertionError(f"training ended before it printed {prefix!r}:\n{''.join(seen)}")
+        seen.append(line)
+        if line.startswith(prefix):
+            return seen
+
+
 def test_ctrl_c_then_resume_reaches_the_same_result(shared_data, tmp_path):
     args = ["train", "--model", "cnn1", "--data", "fashion-mnist", "--epochs", "3", "--limit", "2000",
-            "--no-early-stopping", "--quiet"]
+            "--no-early-stopping"]
     full = tmp_path / "full"
-    run_cli(*args, "--out", full)
+    run_cli(*args, "--quiet", "--out", full)
 
     out = tmp_path / "interrupted"
-    env = dict(os.environ, EDGEFASHION_DATA=str(data_root()))
-    proc = subprocess.Popen([sys.executable, "-m", "edgefashion", *args, "--out", str(out)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while len(_metrics(out)) < 1 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert "--resume" in err or "--resume" in _  # tells the user how to continue
+    proc, lines, reader = _start_training(args, out)
+    try:
+        # The line that opens epoch 2 comes after last.pt holds epoch 1, and the run still has the rest of
+        # epoch 2, all of epoch 3 and its final evaluation ahead (seconds, against the milliseconds this
+        # process needs to react): the interrupt lands inside the run, never after it.
+        _wait_for_line(lines, "epoch 2/3: training on")
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(timeout=10)
+    stdout = proc.stdout.read()
+    assert proc.returncode == 130, stdout + "".join(iter(lines.get_nowait, None))
+    assert "--resume" in stdout  # tells the user how to continue
     done = load_checkpoint(out / "last.pt")["epoch"]
     assert 1 <= done < 3
     assert not (out / "results.json").exists()
@@ -86,6 +126,41 @@ def test_ctrl_c_then_resume_reaches_the_same_result(shared_data, tmp_path):
     ra = json.loads((full / "results.json").read_text())
     rb = json.loads((out / "results.json").read_text())
     assert ra["test_accuracy"] == rb["test_accuracy"]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_is_a_bar_on_a_terminal_and_one_plain_line_per_epoch_elsewhere(monkeypatch):
+    from edgefashion.meta import fashion_mnist_meta
+    from edgefashion.training.datasets import Split
+    from edgefashion.training.train import train_one_epoch
+
+    cfg = resolve_config(TrainConfig(model="mlp1", epochs=2, batch_size=8))
+    meta = fashion_mnist_meta("mlp1", [str(i) for i in range(10)])
+    g = torch.Generator().manual_seed(0)
+    split = Split(torch.randint(0, 256, (200, 1, 28, 28), dtype=torch.uint8, generator=g),
+                  torch.randint(0, 10, (200,), generator=g))
+    model = create_model("mlp1", num_classes=10)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def run_epochs(stream):
+        monkeypatch.setattr(sys, "stderr", stream)
+        for epoch in (1, 2):
+            train_one_epoch(model, split, meta, opt, cfg, epoch, device=torch.device("cpu"), progress=True)
+        return stream.getvalue()
+
+    # A log file or pipe: no carriage returns, one line as each epoch starts.
+    assert run_epochs(io.StringIO()) == "epoch 1/2: training on 200 images\nepoch 2/2: training on 200 images\n"
+    # A terminal keeps tqdm's bar, redrawn in place with carriage returns.
+    bar = run_epochs(_Terminal())
+    assert "\r" in bar and "epoch 1/2" in bar and "training on" not in bar
+    # --quiet: nothing either way.
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    train_one_epoch(model, split, meta, opt, cfg, 1, device=torch.device("cpu"), progress=False)
+    assert sys.stderr.getvalue() == ""
 
 
 def test_divergence_stops_with_clear_error_and_keeps_last_good_checkpoint(shared_data, tmp_path):
@@ -110,6 +185,49 @@ def test_cli_train_seq5_on_photo_folder(shared_data, tmp_path):
     assert res["labels"] == sorted(res["labels"])
     meta = load_checkpoint(out / "best.pt")["meta"]
     assert meta["domain"] == "photo" and meta["input_size"] == 96 and meta["dataset"] == "clothing-small"
+
+
+def test_eval_val_split_holds_no_training_image_after_train_seed_1(shared_data, tmp_path):
+    """`train --seed 1 --val-fraction 0.3` on an unsplit folder, export, then `eval --split val|test`: eval
+    carves the folder as training did (the parameters travel in the model's metadata), so it scores only images
+    the model never trained on."""
+    import shutil
+
+    from edgefashion.data import SplitSpec, load_folder_dataset
+
+    folder = tmp_path / "clothes"  # one folder per class, no train/val/test folders: every split is carved
+    for cls in ("dress", "hat", "shoes"):
+        (folder / cls).mkdir(parents=True)
+        for f in sorted((shared_data / "clothing-small" / "train" / cls).iterdir())[:15]:
+            shutil.copy(f, folder / cls / f.name)
+    run, exp = tmp_path / "run", tmp_path / "export"
+    run_cli("train", "--model", "cnn1", "--data", folder, "--img-size", "32", "--epochs", "1", "--seed", "1",
+            "--val-fraction", "0.3", "--out", run, "--quiet")
+    run_cli("export", run, "--out", exp, "--quantize", "none", "--latency-runs", "3", "--parity-images", "8")
+    recorded = {"val_fraction": 0.3, "test_fraction": 0.2, "seed": 1}
+    assert load_checkpoint(run / "best.pt")["meta"]["split"] == recorded
+    assert json.loads(run_cli("inspect", exp / "model.onnx", "--json").stdout)["split"] == recorded
+
+    # What training trained on: the run's recorded config through the data loader training uses.
+    cfg = json.loads((run / "config.json").read_text())
+    spec = SplitSpec(val_fraction=cfg["val_fraction"], seed=cfg["seed"])
+    trained = {p.resolve() for p in load_folder_dataset(folder, spec).splits["train"][0]}
+    assert len(trained) == json.loads((run / "results.json").read_text())["split_sizes"]["train"]
+
+    held_out = {}
+    for split in ("val", "test"):
+        preds = tmp_path / f"{split}.json"
+        r = json.loads(run_cli("eval", "--model", exp / "model.onnx", "--data", folder, "--split", split,
+                               "--predictions", preds, "--json").stdout)
+        files = {Path(f).resolve() for f in json.loads(preds.read_text())["files"]}
+        assert r["split_spec"] == recorded and r["images"] == len(files) > 0
+        assert not files & trained, f"eval --split {split} scored images the model trained on"
+        held_out[split] = files
+    assert len(trained) + len(held_out["val"]) + len(held_out["test"]) == 45
+    # The defaults eval used before the parameters were recorded carve another val split, one that holds
+    # training images: the check above would have caught that.
+    old_val = {p.resolve() for p in load_folder_dataset(folder, SplitSpec()).splits["val"][0]}
+    assert old_val & trained
 
 
 def test_recipes_come_from_the_seeds():

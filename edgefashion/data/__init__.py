@@ -8,17 +8,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Tuple
 
+from ..names import CLOTHING_SMALL, FASHION_MNIST
 from .clothing import CLOTHING_SMALL_URL, ensure_clothing_small
 from .common import DataError, resolve_data_root
 from .download import download, download_first
 from .fashion_mnist import FASHION_MNIST_DIR, FASHION_MNIST_LABELS, holds_fashion_mnist, load_fashion_mnist
-from .folders import FolderDataset, load_folder_dataset, load_images, read_image, stratified_split
+from .folders import FolderDataset, load_folder_dataset, load_images, read_image
 from .idx import read_idx
+from .splits import DEFAULT_SPLIT, SPLITS, SplitData, SplitSpec, load_splits, stratified_split, stratified_subset
 
 __all__ = [
-    "CLOTHING_SMALL_URL", "DataError", "FASHION_MNIST_LABELS", "FolderDataset", "download", "download_first",
-    "ensure_clothing_small", "load_fashion_mnist", "load_folder_dataset", "load_images", "read_idx",
-    "read_image", "resolve_data_root", "resolve_dataset", "stratified_split",
+    "CLOTHING_SMALL_URL", "DEFAULT_SPLIT", "DataError", "FASHION_MNIST_LABELS", "FolderDataset", "SPLITS",
+    "SplitData", "SplitSpec", "download", "download_first", "ensure_clothing_small", "load_fashion_mnist",
+    "load_folder_dataset", "load_images", "load_splits", "read_idx", "read_image", "resolve_data_root",
+    "resolve_dataset", "stratified_split", "stratified_subset",
 ]
 
 
@@ -29,9 +32,9 @@ def resolve_dataset(name_or_path: str, data_root: Path, download: bool = True) -
     here if missing and allowed; Fashion-MNIST by its loader). Anything else must be an existing folder,
     as given or under the data root."""
     data_root = Path(data_root)
-    if name_or_path == "fashion-mnist":
-        return "fashion-mnist", data_root / FASHION_MNIST_DIR
-    if name_or_path == "clothing-small":
+    if name_or_path == FASHION_MNIST:
+        return FASHION_MNIST, data_root / FASHION_MNIST_DIR
+    if name_or_path == CLOTHING_SMALL:
         return "folder", ensure_clothing_small(data_root, download=download)
     for candidate in (Path(name_or_path).expanduser(), data_root / name_or_path):
         if candidate.is_dir():
@@ -39,7 +42,7 @@ def resolve_dataset(name_or_path: str, data_root: Path, download: bool = True) -
             folder = candidate.resolve()
             # A folder holding the Fashion-MNIST files themselves (e.g. a copy made by hand).
             if holds_fashion_mnist(folder):
-                return "fashion-mnist", folder
+                return FASHION_MNIST, folder
             return "folder", folder
-    raise DataError(f"unknown data set {name_or_path!r}: not 'fashion-mnist', 'clothing-small' or an existing "
+    raise DataError(f"unknown data set {name_or_path!r}: not {FASHION_MNIST!r}, {CLOTHING_SMALL!r} or an existing "
                     f"folder (also looked in {data_root})")

@@ -11,12 +11,13 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Optional
 
+from ..names import CLOTHING_SMALL
 from .common import DataError, one_line
 # Imported under another name: `download` is this module's on/off parameter.
 from .download import download as fetch_url
 
 CLOTHING_SMALL_URL = "https://github.com/alexeygrigorev/clothing-dataset-small/archive/refs/heads/master.zip"
-CLOTHING_SMALL_DIR = "clothing-small"
+CLOTHING_SMALL_DIR = CLOTHING_SMALL
 
 
 def _sha256(path: Path) -> str:

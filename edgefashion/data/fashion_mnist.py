@@ -8,6 +8,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..names import FASHION_MNIST, TEST, TRAIN
 from .common import DataError
 from .download import download_first
 from .idx import GZIP_MAGIC, _gunzip, read_idx
@@ -15,7 +16,7 @@ from .idx import GZIP_MAGIC, _gunzip, read_idx
 FASHION_MNIST_LABELS = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
-FASHION_MNIST_DIR = "fashion-mnist"
+FASHION_MNIST_DIR = FASHION_MNIST
 FASHION_MNIST_MIRRORS = (
     "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
     "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/",
@@ -23,10 +24,10 @@ FASHION_MNIST_MIRRORS = (
 
 # (images, labels) file names per split, as published (with .gz).
 FASHION_MNIST_FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+    TRAIN: ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    TEST: ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
-FASHION_MNIST_COUNTS = {"train": 60000, "test": 10000}
+FASHION_MNIST_COUNTS = {TRAIN: 60000, TEST: 10000}
 
 # sha256 of each file's DECOMPRESSED bytes (the raw IDX file). This is what downloads are checked against:
 # mirrors and caches re-compress the files, which changes the .gz bytes but never the content.

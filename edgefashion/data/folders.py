@@ -1,12 +1,11 @@
 """Photo data sets stored as one folder of images per class, split into train/validation/test folders or not.
 
 This is the layout of clothing-small and of most clothing data sets (the Carousell "Clothes Dataset" too).
-Splits that the data set does not ship are carved out of its training images, stratified and seeded, so
-every machine gets the same split for the same seed.
+Splits that the data set does not ship are carved out of its training images by splits.py, stratified and
+seeded, so every machine gets the same split for the same SplitSpec.
 """
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +16,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .common import DataError, one_line
+from .splits import SplitSpec, assign
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 # Folder names that are never classes: macOS resource forks that zip files made on a Mac carry along.
@@ -99,34 +99,6 @@ def _unwrap(root: Path) -> Path:
     return root
 
 
-def _split_count(n: int, fraction: float) -> int:
-    if fraction <= 0:
-        return 0
-    if fraction >= 1:
-        return n
-    # Half-up rounding, not Python's round-half-to-even, so the count is what a reader expects.
-    k = int(math.floor(fraction * n + 0.5))
-    # Leave every class in both parts when it has the samples for it.
-    return min(max(k, 1), n - 1) if n >= 2 else k
-
-
-def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Sorted index arrays (keep, split): each class gives round(fraction * n_c) of its samples to `split`
-    (at least 1 and at most n_c - 1 when n_c >= 2), chosen by np.random.default_rng(seed), so the result
-    depends only on the labels (in order), the fraction and the seed."""
-    labels = np.asarray(labels)
-    if not 0 <= fraction <= 1:
-        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
-    rng = np.random.default_rng(seed)
-    keep, split = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        k = _split_count(len(idx), fraction)
-        split.append(idx[:k])
-        keep.append(idx[k:])
-    return np.sort(np.concatenate(keep)).astype(np.int64), np.sort(np.concatenate(split)).astype(np.int64)
-
-
 def _flatten(classes: Dict[str, List[Path]], labels: Sequence[str]) -> Split:
     paths: List[Path] = []
     ys: List[int] = []
@@ -136,16 +108,12 @@ def _flatten(classes: Dict[str, List[Path]], labels: Sequence[str]) -> Split:
     return paths, np.asarray(ys, np.int64)
 
 
-def _carve(split: Split, fraction: float, seed: int) -> Tuple[Split, Split]:
-    paths, y = split
-    keep, out = stratified_split(y, fraction, seed)
-    return ([paths[i] for i in keep], y[keep]), ([paths[i] for i in out], y[out])
-
-
-def load_folder_dataset(root: PathLike, *, val_fraction: float = 0.2, test_fraction: float = 0.2,
-                        seed: int = 0) -> FolderDataset:
-    """Index (not decode) a class-folder data set. Shipped splits are used as they are; a missing test split
-    is a stratified `test_fraction` of train, then a missing val split a `val_fraction` of what is left."""
+def load_folder_dataset(root: PathLike, spec: Optional[SplitSpec] = None, *, val_fraction: float = 0.2,
+                        test_fraction: float = 0.2, seed: int = 0) -> FolderDataset:
+    """Index (not decode) a class-folder data set. Shipped splits are used as they are; the missing ones are
+    carved out of train as `spec` says (splits.py), else as the loose val_fraction/test_fraction/seed say."""
+    if spec is None:
+        spec = SplitSpec(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: no such folder")
@@ -167,11 +135,7 @@ def load_folder_dataset(root: PathLike, *, val_fraction: float = 0.2, test_fract
         splits = {"train": _flatten(classes, labels)}
     if len(labels) < 2:
         raise DataError(f"{base}: only one class folder ({labels[0]}); a classifier needs at least two")
-    if "test" not in splits:
-        splits["train"], splits["test"] = _carve(splits["train"], test_fraction, seed)
-    if "val" not in splits:
-        splits["train"], splits["val"] = _carve(splits["train"], val_fraction, seed)
-    return FolderDataset(base, labels, {key: splits[key] for key in ("train", "val", "test")})
+    return FolderDataset(base, labels, assign(splits, spec))
 
 
 def read_image(path: PathLike) -> np.ndarray:

@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from .. import __version__
+from .. import __version__, names
 from ..files import atomic_write_text
 from ..meta import ModelMeta
 from .camera import peak_rss_mb
@@ -29,7 +29,7 @@ from .cpu import cpu_info
 
 SCHEMA_VERSION = 1
 EQUAL_ACCURACY_PP = 0.3  # two precisions within this many points are "equal accuracy" for the recommendation
-MODEL_FILES = ("model.onnx", "model.int8.onnx")
+MODEL_FILES = names.MODEL_FILES
 
 # A baseline factory: (onnx path, its meta, threads) -> a function running one batch (numpy NCHW float32).
 Baseline = Callable[[Path, ModelMeta, int], Callable[[np.ndarray], object]]
@@ -61,7 +61,7 @@ def find_models(dirs: Optional[Sequence[Path]] = None) -> List[Path]:
         raise BenchError(f"no exported models in {', '.join(map(str, dirs))}; pass --model PATH or run "
                          f"`edgefashion export RUN --out export/NAME` first")
     # FP32 then INT8 of one folder next to each other: the table reads as pairs.
-    return sorted(found, key=lambda p: (str(p.parent), p.name != "model.onnx"))
+    return sorted(found, key=lambda p: (str(p.parent), p.name != names.FP32_FILE))
 
 
 def precision_of(meta: ModelMeta, path: Path) -> str:
@@ -241,7 +241,7 @@ def bench(paths: Sequence[Path], *, batches: Sequence[int] = (1,), threads: Sequ
             if not name:
                 raise BenchError(f"{m.path}: its metadata names no data set; pass --data NAME")
             log(f"accuracy of {m.name} {m.precision} on {name} (test split)")
-            r = evaluate(m.clf, name, "test", data_dir=data_dir, limit=limit, batch_size=256)
+            r = evaluate(m.clf, name, names.TEST, data_dir=data_dir, limit=limit, batch_size=256)
             m.accuracy, m.accuracy_source, m.accuracy_images = r.accuracy, f"measured on {name} test", r.images
         else:
             m.accuracy = metadata_accuracy(m)

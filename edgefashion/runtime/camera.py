@@ -22,6 +22,7 @@ from typing import Callable, Optional, TextIO
 import cv2
 import numpy as np
 
+from ..meta import Roi
 from .classifier import Classifier
 from .preprocess import prepare
 from .sources import RetryPolicy, SourceError, open_source
@@ -49,8 +50,25 @@ class CameraOptions:
     retries: Optional[int] = None
     retry_delay: Optional[float] = None
     data_dir: Optional[str] = None
+    roi: Optional[str] = None  # None: the model's own (ModelMeta.roi)
+    serve: Optional[str] = None  # [HOST:]PORT of the HTTP view (serve.py); None: no server
+    serve_fps: float = 15.0
+    serve_quality: int = 80
+    serve_max_clients: int = 4
+    serve_token: Optional[str] = None
 
     def __post_init__(self) -> None:
+        if self.roi is not None:
+            Roi.parse(self.roi)  # a bad --roi is an error before the model and the camera are opened
+        if self.serve is not None:
+            from .serve import parse_address
+            parse_address(self.serve)  # likewise a bad --serve
+            if not self.serve_fps > 0:
+                raise ValueError(f"--serve-fps must be positive, got {self.serve_fps}")
+            if not 1 <= self.serve_quality <= 100:
+                raise ValueError(f"--serve-quality must be in [1, 100], got {self.serve_quality}")
+            if self.serve_max_clients < 1:
+                raise ValueError(f"--serve-max-clients must be positive, got {self.serve_max_clients}")
         if not 0 < self.smooth <= 1:
             raise ValueError(f"--smooth must be in (0, 1], got {self.smooth}")
         if not 0 <= self.threshold <= 1:
@@ -66,9 +84,12 @@ class FrameRunner:
     preallocated NCHW buffer that onnxruntime reads in place (IO binding), and writes its logits into a
     preallocated array. Normalisation is preprocess.normalize's arithmetic, op for op (a test holds them equal)."""
 
-    def __init__(self, clf: Classifier) -> None:
+    def __init__(self, clf: Classifier, roi: "Roi | str | None" = None) -> None:
         import onnxruntime as ort
         m = self.meta = clf.meta
+        self.roi = Roi.parse(roi)
+        self._box_for: tuple = ()
+        self.box: tuple = ()
         self.session = clf.session
         s, c = m.input_size, m.in_chans
         self.hwc = np.empty((s, s, c), np.float32)
@@ -80,8 +101,19 @@ class FrameRunner:
         self.binding.bind_ortvalue_input(clf.input_name, ort.OrtValue.ortvalue_from_numpy(self.x))
         self.binding.bind_ortvalue_output(clf.output_name, ort.OrtValue.ortvalue_from_numpy(self.logits))
 
+    def region(self, frame: np.ndarray) -> np.ndarray:
+        """The ROI of `frame` (a view); its pixel box is kept in self.box, recomputed only when the frame size
+        changes."""
+        if self.roi.is_full:
+            return frame
+        if self._box_for != frame.shape[:2]:
+            self.box = self.roi.box(frame.shape[0], frame.shape[1])
+            self._box_for = frame.shape[:2]
+        x0, y0, x1, y1 = self.box
+        return frame[y0:y1, x0:x1]
+
     def preprocess(self, frame: np.ndarray) -> None:
-        u8 = prepare(frame, self.meta)
+        u8 = prepare(self.region(frame), self.meta)
         h = self.hwc
         np.divide(u8.reshape(h.shape), np.float32(255.0), out=h, dtype=np.float32)
         np.subtract(h, self.mean, out=h)
@@ -120,9 +152,34 @@ def peak_rss_mb() -> Optional[float]:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
+GUIDE_TEXT = "hold the garment here"
+
+
+def draw_guide(frame: np.ndarray, box: tuple, uncertain: bool) -> None:
+    """The ROI as a guide box: the model only sees what is inside it, so the user is shown where to hold the
+    garment. Corner brackets rather than a full rectangle keep the garment's edges visible."""
+    x0, y0, x1, y1 = box
+    x1, y1 = x1 - 1, y1 - 1
+    colour = (80, 200, 255) if uncertain else (90, 220, 90)
+    arm = max(12, (x1 - x0) // 6)
+    for (cx, cy, dx, dy) in ((x0, y0, 1, 1), (x1, y0, -1, 1), (x0, y1, 1, -1), (x1, y1, -1, -1)):
+        cv2.line(frame, (cx, cy), (cx + dx * arm, cy), colour, 2, cv2.LINE_AA)
+        cv2.line(frame, (cx, cy), (cx, cy + dy * arm), colour, 2, cv2.LINE_AA)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    (tw, th), _ = cv2.getTextSize(GUIDE_TEXT, font, 0.5, 1)
+    tx = x0 + ((x1 - x0) - tw) // 2
+    ty = y1 - 8 if y1 + th + 8 >= frame.shape[0] else y1 + th + 6
+    # A dark outline under the text keeps it readable over a light wall and a dark garment alike.
+    cv2.putText(frame, GUIDE_TEXT, (tx, ty), font, 0.5, (20, 20, 20), 3, cv2.LINE_AA)
+    cv2.putText(frame, GUIDE_TEXT, (tx, ty), font, 0.5, colour, 1, cv2.LINE_AA)
+
+
 def draw_overlay(frame: np.ndarray, labels, probs, uncertain: bool, fps: float, ms: float,
-                 truth: Optional[str] = None) -> None:
-    """Top-k labels with probability bars, FPS and latency, drawn in place in the top-left corner."""
+                 truth: Optional[str] = None, guide: Optional[tuple] = None) -> None:
+    """Top-k labels with probability bars, FPS and latency, drawn in place in the top-left corner; `guide`, the
+    ROI's pixel box, drawn as a "hold the garment here" box."""
+    if guide:
+        draw_guide(frame, guide, uncertain)
     font, aa = cv2.FONT_HERSHEY_SIMPLEX, cv2.LINE_AA
     h = 30 + 24 * len(labels) + (22 if truth else 0)
     cv2.rectangle(frame, (0, 0), (300, h), (32, 32, 32), -1)
@@ -158,7 +215,8 @@ def run_camera(opt: CameraOptions, out: TextIO = sys.stdout, log: Callable[[str]
         raise SourceError("no display (DISPLAY is not set) to open a window on; use --headless")
     clf = Classifier(opt.model, threads=opt.threads, spin=opt.spin)
     meta = clf.meta
-    runner = FrameRunner(clf)
+    roi = Roi.parse(opt.roi if opt.roi is not None else meta.roi)
+    runner = FrameRunner(clf, roi)
     retry = RetryPolicy.from_env(opt.retries, opt.retry_delay)
     src = open_source(opt.source, meta, realtime=opt.realtime, retry=retry,
                       data_root=Path(opt.data_dir) if opt.data_dir else None, log=log)
@@ -169,6 +227,12 @@ def run_camera(opt: CameraOptions, out: TextIO = sys.stdout, log: Callable[[str]
     label_index = {lab: i for i, lab in enumerate(labels)}
     quoted = [json.dumps(lab) for lab in labels]  # escaped once; JSON lines are then plain string joins
     flush = src.live  # a live consumer wants each line now; a file run wants throughput
+    try:
+        server = _start_server(opt, src, log) if opt.serve is not None else None
+    except BaseException:
+        src.close()
+        raise
+    hub = server.hub if server is not None else None
 
     ring = np.zeros((RING, len(STAGES)), np.float32)
     ema = np.zeros(meta.num_classes, np.float32)
@@ -235,7 +299,7 @@ def run_camera(opt: CameraOptions, out: TextIO = sys.stdout, log: Callable[[str]
                 dt = perf() - t0
                 fps_ema = 1.0 / dt if not fps_ema else 0.9 * fps_ema + 0.1 / max(dt, 1e-6)
                 draw_overlay(frame, [labels[i] for i in top], [float(ema[i]) for i in top], unsure, fps_ema,
-                             (t4 - t0) * 1e3, truth)
+                             (t4 - t0) * 1e3, truth, guide=None if roi.is_full else runner.box)
                 if opt.record is not None:
                     writer = writer or _open_writer(opt.record, frame, src.fps)
                     writer.write(frame)
@@ -246,6 +310,16 @@ def run_camera(opt: CameraOptions, out: TextIO = sys.stdout, log: Callable[[str]
                     break
             ring[frames % RING] = (t1 - t0, t2 - t1, t3 - t2, t4 - t0)
             frames += 1
+            # One attribute test per frame; a frame is drawn and copied only when the server's encoder asked.
+            if hub is not None and (hub.wants_frame or t4 >= hub.status_due):
+                if hub.wants_frame:
+                    if not draw:  # the window and --record draw every frame; the server needs only this one
+                        draw_overlay(frame, [labels[i] for i in top], [float(ema[i]) for i in top], unsure,
+                                     hub.fps, (t4 - t0) * 1e3, truth, guide=None if roi.is_full else runner.box)
+                    hub.publish_frame(frame)
+                if t4 >= hub.status_due:
+                    hub.publish_status(t4, frames, uncertain_n, [(labels[i], float(ema[i])) for i in top],
+                                       "uncertain" if unsure else labels[best], ring, STAGES, labelled, correct)
             if frames == 100:
                 rss_start = rss_mb()
         else:
@@ -254,20 +328,29 @@ def run_camera(opt: CameraOptions, out: TextIO = sys.stdout, log: Callable[[str]
         stopped = "interrupted"
     finally:
         elapsed = perf() - t_start
+        if server is not None:
+            server.stop()
         src_stats = src.stats()
         src.close()
         if writer is not None:
             writer.release()
         if show:
             cv2.destroyAllWindows()
+    if frames == 0 and failure is None and stopped == "end of stream":
+        # A source whose every frame failed to decode would otherwise "succeed" with an empty summary.
+        skipped = src_stats.get("skipped")
+        why = f"none of its {skipped} image(s) could be read" if skipped else "no frame could be read"
+        raise SourceError(f"{src.name}: {why}; 0 frames classified")
     summary = {
         "frames": frames, "seconds": round(elapsed, 3), "fps": round(frames / elapsed, 1) if elapsed else None,
         "latency_ms": _percentiles(ring, frames), "peak_rss_mb": _round(peak_rss_mb()),
         "rss_mb": {"after_100_frames": _round(rss_start), "end": _round(rss_mb())},
         "stopped": stopped, "model": str(opt.model), "source": src.name, "source_stats": src_stats,
         "threads": opt.threads, "spin": opt.spin, "smooth": alpha, "threshold": opt.threshold,
-        "uncertain_frames": uncertain_n,
+        "roi": str(roi), "uncertain_frames": uncertain_n,
     }
+    if server is not None:
+        summary["serve"] = server.stats()
     if labelled:
         summary.update(accuracy=round(correct / labelled, 4), accuracy_unsmoothed=round(correct_raw / labelled, 4),
                        labelled_frames=labelled)
@@ -279,6 +362,20 @@ def run_camera(opt: CameraOptions, out: TextIO = sys.stdout, log: Callable[[str]
     if failure is not None:
         raise failure
     return summary
+
+
+def _start_server(opt: CameraOptions, src, log: Callable[[str], None]):
+    from .serve import FrameHub, FrameServer
+    hub = FrameHub(opt.serve_fps, opt.serve_quality,
+                   static={"model": str(opt.model), "source": src.name, "threads": opt.threads,
+                           "threshold": opt.threshold})
+    server = FrameServer(opt.serve, hub, token=opt.serve_token, max_clients=opt.serve_max_clients)
+    where = server.url
+    if server.httpd.server_address[0] in ("0.0.0.0", "::"):
+        where += " (all interfaces: open this machine's address from another one)"
+    log(f"serving the camera on {where}{' (token required)' if opt.serve_token else ''}; "
+        f"stream /stream.mjpg, status /status, snapshot /snapshot.jpg")
+    return server
 
 
 def _round(x: Optional[float]) -> Optional[float]:

@@ -51,7 +51,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
-def session_options(threads: int | None = None, spin: bool = False) -> ort.SessionOptions:
+def session_options(threads: int | None = None, spin: bool = False,
+                    config: dict | None = None) -> ort.SessionOptions:
+    """`config`: extra onnxruntime session config entries (e.g. session.x64quantprecision), applied last."""
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads is not None:
@@ -63,11 +65,14 @@ def session_options(threads: int | None = None, spin: bool = False) -> ort.Sessi
     # core busy doing nothing, which on a Raspberry Pi costs heat and throttling. Off unless asked for.
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin else "0")
+    for k, v in (config or {}).items():
+        so.add_session_config_entry(str(k), str(v))
     return so
 
 
 def open_session(path: str | Path, threads: int | None = None, spin: bool = False,
-                 disabled_optimizers: Sequence[str] | None = None) -> ort.InferenceSession:
+                 disabled_optimizers: Sequence[str] | None = None,
+                 config: dict | None = None) -> ort.InferenceSession:
     """The one way edgefashion opens an ONNX file with onnxruntime (CPU provider, our thread settings).
 
     ``disabled_optimizers=None`` takes them from the file's ``ort_disabled_optimizers`` metadata: an INT8 file
@@ -78,7 +83,7 @@ def open_session(path: str | Path, threads: int | None = None, spin: bool = Fals
     # Providers named explicitly: onnxruntime warns (and newer versions may refuse) otherwise, and a GPU build
     # must not silently pick another provider with other numerics.
     def session(disabled: Sequence[str]) -> ort.InferenceSession:
-        return ort.InferenceSession(str(path), sess_options=session_options(threads, spin),
+        return ort.InferenceSession(str(path), sess_options=session_options(threads, spin, config),
                                     providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled))
 
     if disabled_optimizers is not None:
@@ -101,12 +106,13 @@ class Classifier:
     >>> clf.predict_images([cv2.imread("shirt.jpg")])[0].label
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None, spin: bool = False) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None, spin: bool = False,
+                 ort_config: dict | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such model file")
         try:
-            self.session = open_session(self.path, threads, spin)
+            self.session = open_session(self.path, threads, spin, config=ort_config)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModelError(f"{self.path}: not a valid ONNX model ({msg[:200]})") from None
@@ -136,11 +142,12 @@ class Classifier:
     def probs(self, x: np.ndarray) -> np.ndarray:
         return softmax(self.logits(x))
 
-    def predict_images(self, images: Sequence[np.ndarray], top_k: int = 3) -> list[Prediction]:
-        """Images as OpenCV decodes them (BGR, BGRA or grey uint8) -> one Prediction each."""
+    def predict_images(self, images: Sequence[np.ndarray], top_k: int = 3, roi=None) -> list[Prediction]:
+        """Images as OpenCV decodes them (BGR, BGRA or grey uint8) -> one Prediction each; `roi` (meta.Roi
+        syntax) crops each image first, the whole image by default."""
         if not len(images):
             return []
-        return self.predictions(self.probs(preprocess(images, self.meta)), top_k)
+        return self.predictions(self.probs(preprocess(images, self.meta, roi)), top_k)
 
     def predictions(self, probs: np.ndarray, top_k: int = 3) -> list[Prediction]:
         k = max(1, min(int(top_k), self.meta.num_classes))

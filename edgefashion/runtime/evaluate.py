@@ -17,10 +17,12 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from .. import data as efdata
-from ..data import DataError
-from .preprocess import normalize, prepare
+from ..data import DataError, SplitSpec
+from ..meta import Roi
+from ..names import EVAL_SPLITS, FASHION_MNIST, TEST
+from .preprocess import crop_roi, normalize, prepare
 
-SPLITS = ("test", "val", "train", "all")
+SPLITS = EVAL_SPLITS
 
 
 def _norm(name: str) -> str:
@@ -66,6 +68,9 @@ class EvalResult:
     # left out): what a comparison across machines (edgefashion arm-check) needs beyond the confusion matrix.
     predicted: Optional[np.ndarray] = field(default=None, repr=False)
     truth: Optional[np.ndarray] = field(default=None, repr=False)
+    # The image files behind `predicted`, for a class-folder data set (None for Fashion-MNIST's arrays): which
+    # images a split holds, e.g. to check that val and test hold none that the model was trained on.
+    files: Optional[List[str]] = field(default=None, repr=False)
 
     @property
     def images(self) -> int:
@@ -92,35 +97,14 @@ class EvalResult:
                 **self.extra}
 
 
-def _limit(y: np.ndarray, limit: Optional[int], seed: int = 0) -> np.ndarray:
-    """Indices of at most `limit` samples, stratified and seeded (all of them without a limit)."""
-    if limit is None or limit >= len(y):
-        return np.arange(len(y))
-    if limit < 1:
-        raise ValueError(f"--limit must be positive, got {limit}")
-    _, sub = efdata.stratified_split(y, limit / len(y), seed)
-    return sub
-
-
-def _load_fashion_mnist(path: Path, split: str, seed: int = 0):
-    raw = efdata.load_fashion_mnist(path.parent if path.name == efdata.FASHION_MNIST_DIR else path,
-                                    download=False)
-    if split == "all":
-        x = np.concatenate([raw["train"][0], raw["test"][0]])
-        return x, np.concatenate([raw["train"][1], raw["test"][1]])
-    if split == "test":
-        return raw["test"]
-    # The same validation split training uses: a stratified, seeded 20% of train.
-    x, y = raw["train"]
-    keep, val = efdata.stratified_split(y, 0.2, seed)
-    idx = val if split == "val" else keep
-    return x[idx], y[idx]
-
-
-def evaluate(clf, data: str, split: str = "test", *, data_dir: Optional[str] = None, limit: Optional[int] = None,
-             batch_size: int = 64, seed: int = 0, progress: Optional[Callable[[int, int], None]] = None
-             ) -> EvalResult:
-    """Evaluate Classifier `clf` on `data` (fashion-mnist, clothing-small, or a class folder)."""
+def evaluate(clf, data: str, split: str = TEST, *, data_dir: Optional[str] = None, limit: Optional[int] = None,
+             batch_size: int = 64, seed: int = 0, progress: Optional[Callable[[int, int], None]] = None,
+             roi: "Roi | str | None" = None, split_spec: Optional[SplitSpec] = None) -> EvalResult:
+    """Evaluate Classifier `clf` on `data` (fashion-mnist, clothing-small, or a class folder); `roi` (meta.Roi
+    syntax) crops every image first, the whole image by default. Splits the data set does not ship are carved
+    as the model's metadata records its training carved them (`split_spec` overrides it); `seed` picks the
+    `limit` subset."""
+    roi = Roi.parse(roi)
     if split not in SPLITS:
         raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     if batch_size < 1:
@@ -145,30 +129,30 @@ def evaluate(clf, data: str, split: str = "test", *, data_dir: Optional[str] = N
         preds.append(pred)
         truths.append(np.asarray(truth))
 
-    if kind == "fashion-mnist":
-        x, y = _load_fashion_mnist(path, split, seed)
-        to_model = np.asarray(match_labels(efdata.FASHION_MNIST_LABELS, meta.labels, str(path)))
-        idx = _limit(y, limit, seed)
-        x, y = x[idx], to_model[y[idx]]
+    # The model's own split parameters, so that val and test hold no image it was trained on.
+    spec = split_spec or SplitSpec.from_meta(meta)
+    sd = efdata.load_splits(kind, path, spec)
+    items, y = sd.part(split)
+    to_model = np.asarray(match_labels(sd.labels, meta.labels, str(sd.root)))
+    idx = efdata.stratified_subset(y, limit, seed)
+    y = to_model[y[idx]]
+    files: Optional[List[str]] = None
+    if kind == FASHION_MNIST:
+        x = items[idx]
         t0 = time.perf_counter()  # the IDX files are read once; time what a device repeats per image
         for s in range(0, len(y), batch_size):
-            run(np.stack([prepare(im, meta) for im in x[s:s + batch_size]]), y[s:s + batch_size])
+            run(np.stack([prepare(crop_roi(im, roi), meta) for im in x[s:s + batch_size]]), y[s:s + batch_size])
             if progress:
                 progress(min(s + batch_size, len(y)), len(y))
     else:
-        ds = efdata.load_folder_dataset(path, seed=seed)
-        parts = ("train", "val", "test") if split == "all" else (split,)
-        paths: List[Path] = [p for s in parts for p in ds.splits[s][0]]
-        y = np.concatenate([ds.splits[s][1] for s in parts])
-        to_model = np.asarray(match_labels(ds.labels, meta.labels, str(ds.root)))
-        idx = _limit(y, limit, seed)
-        paths, y = [paths[i] for i in idx], to_model[y[idx]]
+        paths: List[Path] = [items[i] for i in idx]
         if not paths:
-            raise DataError(f"{ds.root}: no images in split {split!r}")
+            raise DataError(f"{sd.root}: no images in split {split!r}")
+        files = []
 
         def load(p: Path) -> Optional[np.ndarray]:
             try:
-                return prepare(efdata.read_image(p), meta)
+                return prepare(crop_roi(efdata.read_image(p), roi), meta)
             except DataError:
                 return None
 
@@ -181,19 +165,22 @@ def evaluate(clf, data: str, split: str = "test", *, data_dir: Optional[str] = N
                 bad += [paths[s + i] for i, im in enumerate(chunk) if im is None]
                 if ok:
                     run(np.stack([chunk[i] for i in ok]), y[s:s + batch_size][ok])
+                    files += [str(paths[s + i]) for i in ok]
                 if progress:
                     progress(min(s + batch_size, len(paths)), len(paths))
         skipped = len(bad)
         if bad:
-            warnings.warn(f"skipped {len(bad)} unreadable image(s) in {ds.root} ({', '.join(map(str, bad[:3]))}"
+            warnings.warn(f"skipped {len(bad)} unreadable image(s) in {sd.root} ({', '.join(map(str, bad[:3]))}"
                           f"{', ...' if len(bad) > 3 else ''})", stacklevel=2)
         if skipped == len(paths):
-            raise DataError(f"{ds.root}: none of the {skipped} images could be read")
+            raise DataError(f"{sd.root}: none of the {skipped} images could be read")
     seconds = time.perf_counter() - t0
     return EvalResult(data=str(data), split=split, labels=tuple(meta.labels), confusion=conf, seconds=seconds,
-                      inference_seconds=t_inf, skipped=skipped, extra={"model": str(clf.path)},
+                      inference_seconds=t_inf, skipped=skipped,
+                      extra={"model": str(clf.path), "roi": str(roi), "split_spec": spec.to_dict()},
                       predicted=np.concatenate(preds).astype(np.int64) if preds else np.zeros(0, np.int64),
-                      truth=np.concatenate(truths).astype(np.int64) if truths else np.zeros(0, np.int64))
+                      truth=np.concatenate(truths).astype(np.int64) if truths else np.zeros(0, np.int64),
+                      files=files)
 
 
 def format_report(r: EvalResult) -> str:

@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 import edgefashion
+from edgefashion.names import INT8_FILE
 
 DEFAULTS_FILE = "default.json"
-MODEL_FILE = "model.int8.onnx"
+MODEL_FILE = INT8_FILE
 KINDS = ("photo", "fashion-mnist")
 NO_MODEL = "no bundled model found; pass --model PATH or run `edgefashion export`"
 

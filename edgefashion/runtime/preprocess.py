@@ -6,6 +6,9 @@ export/calibration/runtime call these functions, so a model sees the same pixels
 Two steps, split so training can cache the expensive one:
 - `prepare(bgr, meta)`: geometry and colour -> uint8 HxWxC at the model's input size (cached by training);
 - `normalize(uint8 batch, meta)`: uint8 NHWC -> float32 NCHW, (x/255 - mean) / std.
+
+Before them, `crop_roi(frame, roi)` takes the region of interest (`--roi`; meta.Roi): a view into the frame, so
+it costs nothing, and everything after it is the same for a cropped frame as for a photo.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from ..meta import ModelMeta
+from ..meta import ModelMeta, Roi
 
 _INTERP = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST, "cubic": cv2.INTER_CUBIC}
 
@@ -87,6 +90,15 @@ def fashion_mnist_domain(img: np.ndarray, size: int = 28) -> np.ndarray:
     return cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
 
 
+def crop_roi(img: np.ndarray, roi: "Roi | str | None") -> np.ndarray:
+    """The region of interest of an image, as a view (no copy); `roi` None or "full" returns `img` itself."""
+    roi = Roi.parse(roi)
+    if roi.is_full:
+        return img
+    x0, y0, x1, y1 = roi.box(img.shape[0], img.shape[1])
+    return img[y0:y1, x0:x1]
+
+
 def prepare(img: np.ndarray, meta: ModelMeta) -> np.ndarray:
     """An image as OpenCV decodes it (BGR, BGRA or greyscale uint8) -> uint8 (S, S, C) in the model's colour
     order, C = meta.in_chans."""
@@ -120,6 +132,7 @@ def normalize(batch: np.ndarray, meta: ModelMeta) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
-def preprocess(images: Sequence[np.ndarray], meta: ModelMeta) -> np.ndarray:
-    """Images as OpenCV decodes them -> one float32 NCHW batch."""
-    return normalize(np.stack([prepare(im, meta) for im in images]), meta)
+def preprocess(images: Sequence[np.ndarray], meta: ModelMeta, roi: "Roi | str | None" = None) -> np.ndarray:
+    """Images as OpenCV decodes them -> one float32 NCHW batch; `roi` crops each image first (default: whole)."""
+    roi = Roi.parse(roi)
+    return normalize(np.stack([prepare(crop_roi(im, roi), meta) for im in images]), meta)

@@ -13,7 +13,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..files import sha256_file
 from ..meta import ModelMeta
+from ..names import REPORT_JSON
 from .train import TrainingError, load_checkpoint, model_from_checkpoint
 
 
@@ -22,20 +24,30 @@ class BaselineError(ValueError):
 
 
 def source_checkpoint(onnx_path: Path, meta: ModelMeta) -> Path:
-    """The checkpoint an export came from: the file's metadata, else report.json beside it."""
-    candidates = [meta.extra.get("source_checkpoint")]
-    report = Path(onnx_path).parent / "report.json"
-    if report.is_file():
+    """The checkpoint an export came from. Files record its name and sha256, not the exporting machine's path:
+    it is looked for beside the export, in the run folders next to it (../*/NAME) and in ./runs/*/, and taken
+    when its sha256 matches (files from before the sha256 was recorded: the recorded path, or the name)."""
+    onnx_path = Path(onnx_path)
+    recorded = meta.extra.get("source_checkpoint")
+    digest = meta.extra.get("source_checkpoint_sha256")
+    if not recorded:
+        report = onnx_path.parent / REPORT_JSON
         try:
-            candidates.append(json.loads(report.read_text()).get("source"))
+            recorded = json.loads(report.read_text()).get("source") if report.is_file() else None
         except (OSError, ValueError):
-            pass
-    for c in candidates:
-        if c and Path(c).is_file():
-            return Path(c)
-    named = next((c for c in candidates if c), None)
-    raise BaselineError(f"{onnx_path}: no PyTorch baseline: its source checkpoint "
-                        f"{'(' + named + ') is not on this machine' if named else 'is not recorded'}")
+            recorded = None
+    if not recorded:
+        raise BaselineError(f"{onnx_path}: no PyTorch baseline: its source checkpoint is not recorded")
+    name = Path(str(recorded)).name
+    found = [Path(str(recorded))] if Path(str(recorded)).is_absolute() else []
+    for root in (onnx_path.parent, onnx_path.parent.parent, Path.cwd() / "runs"):
+        found += [root / name, *sorted(root.glob(f"*/{name}"))]
+    for c in found:
+        if c.is_file() and (digest is None or sha256_file(c) == digest):
+            return c
+    raise BaselineError(f"{onnx_path}: no PyTorch baseline: its source checkpoint {name}"
+                        f"{' (sha256 ' + digest[:12] + '...)' if digest else ''} is not on this machine "
+                        f"(looked beside the export, in ../*/ and ./runs/*/)")
 
 
 @lru_cache(maxsize=None)

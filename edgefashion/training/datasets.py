@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from .. import data as efdata
-from ..data.folders import stratified_split
+from ..data.splits import SplitSpec
 from ..meta import IMAGENET_MEAN, IMAGENET_STD, ModelMeta, fashion_mnist_meta, photo_meta
 from ..runtime.preprocess import prepare
 
-AUGMENTATIONS = ("none", "carousell", "resnet", "strong")
+AUGMENTATIONS = ("none", "carousell", "resnet", "strong", "camera")
 
 
 @dataclass
@@ -54,15 +54,6 @@ def make_meta(kind: str, model: str, labels, img_size: int, in_chans: int, datas
     return meta
 
 
-def _subset(labels: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
-    """Indices of a stratified, seeded subset of at most `limit` items (all of them when limit is None)."""
-    n = len(labels)
-    if limit is None or limit >= n:
-        return np.arange(n)
-    _, sub = stratified_split(labels, limit / n, seed)
-    return np.sort(sub)
-
-
 def _to_tensor(images: np.ndarray, labels: np.ndarray, device: torch.device) -> Split:
     x = torch.from_numpy(np.ascontiguousarray(images))
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
@@ -71,40 +62,40 @@ def _to_tensor(images: np.ndarray, labels: np.ndarray, device: torch.device) -> 
 
 def load_data(data: str, data_dir: str | Path | None, *, model: str, img_size: int, in_chans: int | None,
               val_fraction: float = 0.2, seed: int = 0, limit: int | None = None,
-              device: torch.device | str = "cpu", download: bool = True, quiet: bool = False) -> DataBundle:
+              device: torch.device | str = "cpu", download: bool = True, quiet: bool = False,
+              split: SplitSpec | None = None) -> DataBundle:
     """Load `data` (a set's name or a class-folder path) as uint8 tensors on `device`, with train/val/test
-    splits. Validation comes from the set's own split, else a stratified seeded `val_fraction` of train."""
+    splits. Splits the set does not ship are carved as `split` says (data/splits.py; default: `val_fraction`
+    and `seed` with the default test fraction); the bundle's meta records it, so checkpoints and exported files
+    say which images were held out."""
     device = torch.device(device)
+    spec = split or SplitSpec(val_fraction=val_fraction, seed=seed)
     root = efdata.resolve_data_root(data_dir)
     kind, path = efdata.resolve_dataset(data, root, download=download)
+    sd = efdata.load_splits(kind, path, spec, download=download)
+    name = "fashion-mnist" if kind == "fashion-mnist" else Path(path).name
+    meta = make_meta(kind, model, sd.labels, img_size, in_chans or (1 if kind == "fashion-mnist" else 3), name)
+    meta = meta.replace(split=spec.to_dict())
+    splits, info = {}, {"root": str(path), "split": spec.to_dict()}
     if kind == "fashion-mnist":
-        raw = efdata.load_fashion_mnist(path.parent if path.name == "fashion-mnist" else path, download=download)
-        labels = efdata.FASHION_MNIST_LABELS
-        meta = make_meta(kind, model, labels, img_size, in_chans or 1, "fashion-mnist")
-        xtr, ytr = raw["train"]
-        keep, val = stratified_split(ytr, val_fraction, seed)
-        parts = {"train": (xtr[keep], ytr[keep]), "val": (xtr[val], ytr[val]), "test": raw["test"]}
-        splits = {}
-        for name, (x, y) in parts.items():
-            idx = _subset(y, limit, seed)
+        for part, (x, y) in sd.splits.items():
+            idx = efdata.stratified_subset(y, limit, spec.seed)
             x, y = x[idx], y[idx]
             if img_size != 28 or meta.in_chans != 1:
                 x = np.stack([prepare(im, meta) for im in x])
-            splits[name] = _to_tensor(x, y, device)
-        return DataBundle("fashion-mnist", kind, meta, splits, {"root": str(path)})
+            splits[part] = _to_tensor(x, y, device)
+        return DataBundle(name, kind, meta, splits, info)
 
-    ds = efdata.load_folder_dataset(path, val_fraction=val_fraction, seed=seed)
-    meta = make_meta(kind, model, ds.labels, img_size, in_chans or 3, Path(path).name)
-    splits, info = {}, {"root": str(path), "skipped": {}}
-    for name, (paths, y) in ds.splits.items():
-        idx = _subset(y, limit, seed)
+    info["skipped"] = {}
+    for part, (paths, y) in sd.splits.items():
+        idx = efdata.stratified_subset(y, limit, spec.seed)
         sel = [paths[i] for i in idx]
         if not quiet:
-            print(f"decoding {len(sel)} {name} images at {img_size}px from {path}", file=sys.stderr)
+            print(f"decoding {len(sel)} {part} images at {img_size}px from {path}", file=sys.stderr)
         x, kept = efdata.load_images(sel, lambda bgr: prepare(bgr, meta))
-        info["skipped"][name] = len(sel) - len(kept)
-        splits[name] = _to_tensor(x, y[idx][kept], device)
-    return DataBundle(Path(path).name, kind, meta, splits, info)
+        info["skipped"][part] = len(sel) - len(kept)
+        splits[part] = _to_tensor(x, y[idx][kept], device)
+    return DataBundle(name, kind, meta, splits, info)
 
 
 # --- augmentation on the device --------------------------------------------------------------------------
@@ -203,11 +194,18 @@ def batch_to_input(xb: torch.Tensor, meta: ModelMeta, augment: str = "none",
         elif augment == "strong":
             x = _affine(x, g, rot_deg=10, zoom=(0.7, 1.25), shear=0.1, shift=0.15, aspect=(0.8, 1.25))
             x = _color_jitter(x, g)
+        elif augment == "camera":
+            # Garments composited onto real backgrounds under camera conditions (training/camera_aug.py), on
+            # top of strong's colour jitter and erasing; strong's geometry for the photos left as they are.
+            from .camera_aug import camera_augment
+            x = camera_augment(x, xb, g, lambda t: _affine(t, g, rot_deg=10, zoom=(0.7, 1.25), shear=0.1,
+                                                           shift=0.15, aspect=(0.8, 1.25)))
+            x = _color_jitter(x, g)
         else:
             raise ValueError(f"unknown augmentation {augment!r}; choose from {AUGMENTATIONS}")
     mean = torch.tensor(meta.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
     std = torch.tensor(meta.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
     x = (x - mean) / std
-    if augment in ("resnet", "strong"):
+    if augment in ("resnet", "strong", "camera"):
         x = _random_erase(x, g)
     return x

@@ -19,6 +19,7 @@ import os
 import secrets
 import shutil
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -26,7 +27,11 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..data.splits import SplitSpec
+from ..files import sha256_file
 from ..meta import ORT_DISABLED_OPTIMIZERS_KEY, ModelMeta
+from ..names import (CHECKPOINTS, FP32_FILE, INT8_FILE, INT8_SUFFIX, REPORT_JSON, REPORT_MD, RESULTS_JSON, TEST, TRAIN,
+                     VAL)
 from ..runtime.preprocess import normalize
 from . import quantize as q
 from .train import load_checkpoint, model_from_checkpoint
@@ -34,7 +39,7 @@ from .train import load_checkpoint, model_from_checkpoint
 QUANTIZE_MODES = ("int8", "dynamic", "none", "auto")
 MIN_OPSET = 17
 PARITY_MIN_AGREEMENT = 0.999
-FP32_NAME, INT8_NAME = "model.onnx", "model.int8.onnx"
+FP32_NAME, INT8_NAME = FP32_FILE, INT8_FILE
 
 
 class ExportError(RuntimeError):
@@ -135,14 +140,15 @@ def _load_run_data(ckpt: dict, meta: ModelMeta, data_dir: str | None):
     cfg = ckpt.get("config") or {}
     if not cfg.get("data"):
         raise ExportError("checkpoint records no training data set; export needs it for parity and calibration")
+    # The splits the run carved, as the model's metadata records them (files from before: SplitSpec's defaults).
     return load_data(cfg["data"], data_dir or cfg.get("data_dir"), model=ckpt["model"], img_size=meta.input_size,
-                     in_chans=meta.in_chans, val_fraction=cfg.get("val_fraction", 0.2), seed=cfg.get("seed", 0),
-                     limit=cfg.get("limit"), device="cpu", download=False)
+                     in_chans=meta.in_chans, split=SplitSpec.from_meta(meta), limit=cfg.get("limit"), device="cpu",
+                     download=False)
 
 
 def _run_results(src: Path) -> dict:
     run_dir = src if src.is_dir() else src.parent
-    p = run_dir / "results.json"
+    p = run_dir / RESULTS_JSON
     if not p.is_file():
         return {}
     try:
@@ -154,7 +160,7 @@ def _run_results(src: Path) -> dict:
 def checkpoint_file(src: Path) -> Path:
     """The file load_checkpoint reads for `src` (a run folder means its best.pt, else last.pt)."""
     if src.is_dir():
-        for name in ("best.pt", "last.pt"):
+        for name in CHECKPOINTS:
             if (src / name).is_file():
                 return src / name
     return src
@@ -168,21 +174,217 @@ def default_out_dir(src: str | Path, base: str | Path = "export") -> Path:
     return Path(base) / f"{meta.model}-{data}"
 
 
-# --- the export ------------------------------------------------------------------------------------------------
+# --- the export, as named stages ---------------------------------------------------------------------------------
+
+@dataclass
+class Source:
+    """What an export starts from: a training checkpoint (a torch model to export and check for parity), or
+    an already exported FP32 ONNX file (re-quantized for another target; its parity was checked when it was
+    exported)."""
+    kind: str  # "checkpoint" or "onnx"
+    path: Path  # the checkpoint file, or the FP32 .onnx file
+    meta: ModelMeta
+    cfg: dict  # data, data_dir, val_fraction, seed, limit: how to load the data the run used
+    run: dict  # the run's val/test accuracy, for the report
+    model: torch.nn.Module | None = None
+    epoch: int | None = None
+    recorded: dict = field(default_factory=dict)  # the ONNX source's report.json, when there is one
+
+
+def onnx_source_file(src: Path) -> Path | None:
+    """The FP32 ONNX file `src` names (a .onnx file, or an export folder without checkpoints), else None."""
+    if src.is_file() and src.suffix == ".onnx":
+        return src
+    if src.is_dir() and (src / FP32_NAME).is_file() and checkpoint_file(src) == src:
+        return src / FP32_NAME
+    return None
+
+
+def load_source(src: Path) -> Source:
+    onnx_file = onnx_source_file(src)
+    if onnx_file is None:
+        ckpt = load_checkpoint(src)
+        model, meta = model_from_checkpoint(ckpt)
+        results = _run_results(src)
+        return Source("checkpoint", checkpoint_file(src), meta, ckpt.get("config") or {},
+                      {"val_accuracy": results.get("best_val_accuracy"), "test_accuracy": results.get("test_accuracy")},
+                      model=model, epoch=ckpt.get("epoch"))
+    from ..runtime.classifier import read_meta
+    if onnx_file.name.endswith(INT8_SUFFIX):
+        raise ExportError(f"{onnx_file}: an INT8 file; export re-quantizes from the FP32 {FP32_NAME} beside it")
+    meta = read_meta(onnx_file)
+    if meta.extra.get("precision", "fp32") != "fp32":
+        raise ExportError(f"{onnx_file}: its metadata says precision {meta.extra.get('precision')}, not fp32")
+    if not meta.dataset:
+        raise ExportError(f"{onnx_file}: its metadata names no data set; export needs it for calibration")
+    spec = SplitSpec.from_meta(meta)
+    cfg = {"data": meta.dataset, "seed": spec.seed}
+    report_file = onnx_file.parent / REPORT_JSON
+    recorded = json.loads(report_file.read_text()) if report_file.is_file() else {}
+    return Source("onnx", onnx_file, meta, cfg, recorded.get("run") or {}, epoch=meta.extra.get("epoch"),
+                  recorded=recorded)
+
+
+def provenance(source: Source, created: str) -> dict:
+    """What the files say about where they came from: a file name and its sha256, never a machine's path."""
+    extra = {k: v for k, v in source.meta.extra.items() if k not in _DERIVED_KEYS}
+    if source.kind == "checkpoint":
+        extra.update(source_checkpoint=source.path.name, source_checkpoint_sha256=sha256_file(source.path),
+                     val_accuracy=source.run.get("val_accuracy"), test_accuracy=source.run.get("test_accuracy"),
+                     epoch=source.epoch, mflops=_mflops(source.model, source.meta))
+    else:
+        # Files exported before provenance was made portable held the exporting machine's absolute path.
+        if extra.get("source_checkpoint"):
+            extra["source_checkpoint"] = Path(str(extra["source_checkpoint"])).name
+        extra.update(requantized_from=source.path.name, requantized_from_sha256=sha256_file(source.path))
+    extra.update(dataset=source.meta.dataset or source.cfg.get("data"), edgefashion_version=__version__,
+                 exported=created, precision="fp32")
+    return extra
+
+
+# Keys an INT8 file adds to its FP32 twin's metadata: dropped when an FP32 file is the source again.
+_DERIVED_KEYS = ("quantization", "onnx_test_accuracy", "onnx_val_accuracy", ORT_DISABLED_OPTIMIZERS_KEY,
+                 "cross_cpu", "requantized_from", "requantized_from_sha256")
+
+
+@dataclass
+class RunData:
+    val_x: np.ndarray
+    val_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    calib_x: np.ndarray
+    split_sizes: dict
+
+
+def load_run_data(source: Source, data_dir: str | None, calib_size: int, parity_images: int,
+                  log: Callable[[str], None]) -> RunData:
+    log(f"loading {source.cfg.get('data')} for parity, calibration and accuracy")
+    bundle = _load_run_data({"config": source.cfg, "model": source.meta.model}, source.meta, data_dir)
+    n_val = len(bundle.splits[VAL])
+    if source.kind == "checkpoint" and n_val < parity_images:
+        log(f"warning: the validation split has {n_val} images, fewer than --parity-images {parity_images}; "
+            f"parity uses all {n_val}")
+    val_x, val_y = split_arrays(bundle.splits[VAL], source.meta)
+    test_x, test_y = split_arrays(bundle.splits[TEST], source.meta)
+    calib_x, _ = split_arrays(bundle.splits[TRAIN], source.meta, calib_size, seed=int(source.cfg.get("seed", 0)))
+    return RunData(val_x, val_y, test_x, test_y, calib_x, {k: len(v) for k, v in bundle.splits.items()})
+
+
+def stage_fp32(source: Source, meta: ModelMeta, fp32: Path, data: RunData, *, opset: int, parity_images: int,
+               latency_runs: int, log: Callable[[str], None]) -> tuple[dict, dict]:
+    """model.onnx and its checks: (the FP32 report, the parity report)."""
+    if source.kind == "checkpoint":
+        log(f"exporting {meta.model} to ONNX opset {opset}")
+        export_onnx(source.model, meta, fp32, opset=opset)
+        par = parity(source.model, fp32, data.val_x[:parity_images])
+        log(f"parity on {par['images']} val images: top-1 agreement {par['top1_agreement']:.4%}, "
+            f"max |logit diff| {par['max_abs_logit_diff']:.2e}")
+        check_parity(par, fp32)
+    else:
+        log(f"re-quantizing the exported FP32 file {source.path}")
+        shutil.copyfile(source.path, fp32)
+        rewrite_metadata(fp32, meta)
+        par = {**(source.recorded.get("parity") or {}), "recorded_at_fp32_export": True}
+    rep = {"path": FP32_NAME, "size_bytes": fp32.stat().st_size,
+           "val_accuracy": q.onnx_accuracy(fp32, data.val_x, data.val_y),
+           "test_accuracy": q.onnx_accuracy(fp32, data.test_x, data.test_y)}
+    lat = q.measure_latency(fp32, (1, meta.in_chans, meta.input_size, meta.input_size), runs=latency_runs)
+    rep.update(latency_ms_b1_t1=lat["median_ms"], latency_p90_ms_b1_t1=lat["p90_ms"])
+    return rep, par
+
+
+def stage_quantize(mode: str, settings: q.QuantSettings, fp32: Path, int8: Path, meta: ModelMeta, data: RunData, *,
+                   calib_methods: Sequence[str], per_channel: Sequence[bool], latency_runs: int,
+                   log: Callable[[str], None]) -> tuple[dict, dict]:
+    """model.int8.onnx with its metadata: (the INT8 report, the INT8 file's metadata extra)."""
+    log(f"quantizing ({mode}, target {settings.target}); {settings.reason}")
+    if mode == "int8":
+        qrep = q.quantize_static_search(fp32, int8, data.calib_x, data.val_x, data.val_y, settings,
+                                        methods=calib_methods, per_channel=per_channel, log=log)
+    else:
+        qrep = q.quantize_dynamic_file(fp32, int8, settings)
+    extra = {**meta.extra, "precision": "int8", "quantization": {k: v for k, v in qrep.items() if k != "candidates"}}
+    if qrep.get(ORT_DISABLED_OPTIMIZERS_KEY):
+        extra[ORT_DISABLED_OPTIMIZERS_KEY] = qrep[ORT_DISABLED_OPTIMIZERS_KEY]
+    # Written before measuring: the runtime opens the file as its metadata says (optimizers switched off).
+    rewrite_metadata(int8, meta.replace(extra=extra))
+    rep = {"path": INT8_NAME, "val_accuracy": q.onnx_accuracy(int8, data.val_x, data.val_y),
+           "test_accuracy": q.onnx_accuracy(int8, data.test_x, data.test_y)}
+    lat = q.measure_latency(int8, (1, meta.in_chans, meta.input_size, meta.input_size), runs=latency_runs)
+    rep.update(latency_ms_b1_t1=lat["median_ms"], latency_p90_ms_b1_t1=lat["p90_ms"], **qrep)
+    extra.update(onnx_test_accuracy=rep["test_accuracy"], onnx_val_accuracy=rep["val_accuracy"])
+    rewrite_metadata(int8, meta.replace(extra=extra))
+    rep["size_bytes"] = int8.stat().st_size
+    return rep, extra
+
+
+def stage_guard(report: dict, quantize: str, max_drop: float, allow_drop: bool, out_dir: Path,
+                log: Callable[[str], None]) -> None:
+    f, i = report["fp32"], report["int8"]
+    drop = round((f["test_accuracy"] - i["test_accuracy"]) * 100, 4)
+    report.update(size_ratio=round(i["size_bytes"] / f["size_bytes"], 4), accuracy_drop_pp=drop, max_drop_pp=max_drop)
+    log(f"test accuracy fp32 {f['test_accuracy']:.4f}, int8 {i['test_accuracy']:.4f} (drop {drop:+.2f} pp)")
+    if drop > max_drop and quantize == "auto":
+        # auto does not fail on an INT8 loss: it keeps FP32 instead (_auto_keep).
+        report["accuracy_guard"] = "exceeded, auto keeps fp32"
+        return
+    report["accuracy_guard"] = _apply_guard(
+        f"INT8 test accuracy {i['test_accuracy']:.4f} is {drop:.2f} pp below FP32 {f['test_accuracy']:.4f} "
+        f"(--max-drop {max_drop} pp)" if drop > max_drop else None, allow_drop, out_dir, log)
+
+
+def stage_cross_cpu(int8: Path, meta: ModelMeta, extra: dict, settings: q.QuantSettings, *, subset: int,
+                    data_dir: str | None, max_drop: float, allow_disagreement: bool, out_dir: Path,
+                    log: Callable[[str], None]) -> dict:
+    """Run the INT8 file on every CPU family its target claims (emulated where the host is another family) and
+    require the native answers, image by image; the results go into its metadata as "cross_cpu"."""
+    from ..runtime import emulate
+    host = emulate.host_family()
+    cpus = [emulate.FAMILY_CPU[f] for f in settings.families]
+    # An AVX2 host is itself the x86-avx2 family, but its users' CPUs are checked as they are emulated.
+    try:
+        r = emulate.cpu_check([str(int8)], cpus, subset=subset, data=meta.dataset, data_dir=data_dir,
+                              max_drop=1e9, log=log)
+    except emulate.ArmError as e:
+        raise ExportError(f"cross-CPU check of target {settings.target}: {e} (--no-cpu-check skips it; the file "
+                          f"then says it is unverified)") from None
+    rows = {row["cpu"]: row for row in r["rows"]}
+    families = {}
+    for row in rows.values():
+        families.setdefault(row["family"], []).append(
+            {k: row[k] for k in ("cpu", "how", "images", "accuracy", "agreement", "disagreements")})
+    bad = [f"{row['cpu']} ({row['family']}): {row['disagreements']} of {row['images']} differ"
+           for row in rows.values() if row["family"] in settings.families and row["disagreements"]]
+    result = {"target": settings.target, "claimed_families": list(settings.families), "host_family": host,
+              "split": TEST, "subset": subset, "families": families, "verified": not bad,
+              "accepted_disagreement": bool(bad) and allow_disagreement}
+    for row in rows.values():
+        log(f"  cross-CPU: {row['cpu']:<8} {row['family']:<9} [{row['how']}] acc {row['accuracy']:.4f}, "
+            f"agreement with native {row['agreement']:.2%} ({row['disagreements']} differ)")
+    if bad and not allow_disagreement:
+        raise ExportError(f"--target {settings.target}: the INT8 file answers differently on a CPU family it "
+                          f"claims: {'; '.join(bad)}; nothing written to {out_dir} (another --target, or "
+                          f"--allow-disagreement to keep it with the disagreement recorded)")
+    rewrite_metadata(int8, meta.replace(extra={**extra, "cross_cpu": result}))
+    return result
+
 
 def export_checkpoint(src: str | Path, out_dir: str | Path | None = None, *, quantize: str = "int8",
                       opset: int = 17, calib_size: int = 300, max_drop: float = 0.5, allow_drop: bool = False,
                       data_dir: str | None = None, parity_images: int = 256,
                       calib_methods: Sequence[str] = q.CALIB_METHODS, per_channel: Sequence[bool] = (False, True),
-                      latency_runs: int = 200, cpu: dict | None = None,
+                      latency_runs: int = 200, cpu: dict | None = None, target: str = "portable",
+                      cpu_check: bool = True, cpu_check_subset: int = 2000, allow_disagreement: bool = False,
                       log: Callable[[str], None] = print, check_arm: bool = False, arm_subset: int = 2000) -> dict:
-    """Export the run folder or checkpoint `src` into `out_dir` (default export/<model>-<dataset>); returns the
-    report (also written as report.json). Raises ExportError when a check fails; the destination is then left
-    as it was.
+    """Export `src` into `out_dir` (default export/<model>-<dataset>); returns the report (also report.json).
+    `src`: a run folder or checkpoint, or an exported FP32 model.onnx (or its folder) to quantize again, e.g.
+    for another --target. Raises ExportError when a check fails; the destination is then left as it was.
 
     quantize: "int8" static QDQ (calibration searched on the validation split), "dynamic", "none", or "auto"
-    (int8 static, kept only when within max_drop and faster than FP32 on this CPU; see _auto_keep). `cpu` overrides detect_cpu() (choose the
-    quantization settings for another CPU)."""
+    (int8 static, kept only when within max_drop and faster than FP32 on this CPU; see _auto_keep).
+    target: the CPU families the INT8 answers must hold on (quantize.target_settings); with `cpu_check` they
+    are verified there image by image. `cpu` overrides detect_cpu() for target "native"."""
     if quantize not in QUANTIZE_MODES:
         raise ExportError(f"--quantize {quantize!r}: choose from {', '.join(QUANTIZE_MODES)}")
     mode = "int8" if quantize == "auto" else quantize
@@ -190,114 +392,53 @@ def export_checkpoint(src: str | Path, out_dir: str | Path | None = None, *, qua
         raise ExportError(f"--parity-images must be positive, got {parity_images}")
     if mode == "int8" and calib_size < 1:
         raise ExportError(f"--calib-size must be positive for int8, got {calib_size}")
+    host_cpu = q.detect_cpu() if cpu is None else cpu
+    settings = q.target_settings(target, host_cpu)  # an unknown target fails before any work
     src = Path(src)
-    ckpt = load_checkpoint(src)
-    model, meta = model_from_checkpoint(ckpt)
-    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(src)
+    source = load_source(src)
+    if out_dir is None:
+        out_dir = default_out_dir(src) if source.kind == "checkpoint" else source.path.parent
+    out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"{out_dir}: exists and is not a folder")
-    results = _run_results(src)
-    cfg = ckpt.get("config") or {}
-
-    log(f"loading {cfg.get('data')} for parity, calibration and accuracy")
-    bundle = _load_run_data(ckpt, meta, data_dir)
-    n_val = len(bundle.splits["val"])
-    if n_val < parity_images:
-        log(f"warning: the validation split has {n_val} images, fewer than --parity-images {parity_images}; "
-            f"parity uses all {n_val}")
-    val_x, val_y = split_arrays(bundle.splits["val"], meta)
-    test_x, test_y = split_arrays(bundle.splits["test"], meta)
-    par_x = val_x[:parity_images]
-
+    data = load_run_data(source, data_dir, calib_size, parity_images, log)
     created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
-    provenance = {
-        **meta.extra,
-        "dataset": meta.dataset or cfg.get("data"),
-        "val_accuracy": results.get("best_val_accuracy"),
-        "test_accuracy": results.get("test_accuracy"),
-        "edgefashion_version": __version__,
-        "exported": created,
-        "source_checkpoint": str(checkpoint_file(src).resolve()),
-        "epoch": ckpt.get("epoch"),
-        "precision": "fp32",
-        # Counted here, where torch is, so the torch-free `bench` can report it without the onnx package.
-        "mflops": _mflops(model, meta),
-    }
-    meta = meta.replace(dataset=meta.dataset or str(cfg.get("data") or ""), extra=provenance)
+    meta = source.meta.replace(dataset=source.meta.dataset or str(source.cfg.get("data") or ""),
+                               split=source.meta.split or SplitSpec.from_meta(source.meta).to_dict(),
+                               extra=provenance(source, created))
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = _new_sibling(out_dir, "tmp")
     try:
-        fp32 = tmp / FP32_NAME
-        log(f"exporting {meta.model} to ONNX opset {opset}")
-        export_onnx(model, meta, fp32, opset=opset)
-        par = parity(model, fp32, par_x)
-        log(f"parity on {par['images']} val images: top-1 agreement {par['top1_agreement']:.4%}, "
-            f"max |logit diff| {par['max_abs_logit_diff']:.2e}")
-        check_parity(par, fp32)
-        shape = (1, meta.in_chans, meta.input_size, meta.input_size)
-        fp32_rep = {"path": FP32_NAME, "size_bytes": fp32.stat().st_size,
-                    "val_accuracy": q.onnx_accuracy(fp32, val_x, val_y),
-                    "test_accuracy": q.onnx_accuracy(fp32, test_x, test_y)}
-        lat = q.measure_latency(fp32, shape, runs=latency_runs)
-        fp32_rep.update(latency_ms_b1_t1=lat["median_ms"], latency_p90_ms_b1_t1=lat["p90_ms"])
-
+        fp32, int8 = tmp / FP32_NAME, tmp / INT8_NAME
+        fp32_rep, par = stage_fp32(source, meta, fp32, data, opset=opset, parity_images=parity_images,
+                                   latency_runs=latency_runs, log=log)
         report = {
-            "model": meta.model, "dataset": meta.dataset, "source": str(checkpoint_file(src).resolve()), "opset": opset,
-            "labels": list(meta.labels), "input": list(shape[1:]),
-            "quantize": quantize, "fp32": fp32_rep, "parity": par,
-            "cpu": q.detect_cpu() if cpu is None else cpu,
+            "model": meta.model, "dataset": meta.dataset, "source": source.path.name,
+            "source_sha256": meta.extra.get("source_checkpoint_sha256") or meta.extra.get("requantized_from_sha256"),
+            "source_kind": source.kind, "opset": opset, "labels": list(meta.labels), "input": list(meta_shape(meta)),
+            "quantize": quantize, "target": settings.target, "fp32": fp32_rep, "parity": par, "cpu": host_cpu,
             "onnxruntime": _ort_version(), "torch": torch.__version__, "edgefashion": __version__,
-            "created": created, "latency_runs": latency_runs,
-            "split_sizes": {k: len(v) for k, v in bundle.splits.items()},
-            "run": {"val_accuracy": results.get("best_val_accuracy"), "test_accuracy": results.get("test_accuracy")},
+            "created": created, "latency_runs": latency_runs, "split_sizes": data.split_sizes, "run": source.run,
         }
         if mode != "none":
-            int8 = tmp / INT8_NAME
-            settings = q.choose_settings(report["cpu"])
-            log(f"quantizing ({mode}); {settings.reason}")
-            if mode == "int8":
-                calib_x, _ = split_arrays(bundle.splits["train"], meta, calib_size, seed=int(cfg.get("seed", 0)))
-                qrep = q.quantize_static_search(fp32, int8, calib_x, val_x, val_y, settings, methods=calib_methods,
-                                                per_channel=per_channel, log=log)
+            report["int8"], extra = stage_quantize(mode, settings, fp32, int8, meta, data, calib_methods=calib_methods,
+                                                   per_channel=per_channel, latency_runs=latency_runs, log=log)
+            stage_guard(report, quantize, max_drop, allow_drop, out_dir, log)
+            if cpu_check:
+                report["cross_cpu"] = stage_cross_cpu(int8, meta, extra, settings, subset=cpu_check_subset,
+                                                      data_dir=data_dir, max_drop=max_drop,
+                                                      allow_disagreement=allow_disagreement, out_dir=out_dir, log=log)
             else:
-                qrep = q.quantize_dynamic_file(fp32, int8, settings)
-            extra = {**meta.extra, "precision": "int8",
-                     "quantization": {k: v for k, v in qrep.items() if k != "candidates"}}
-            if qrep.get(ORT_DISABLED_OPTIMIZERS_KEY):
-                extra[ORT_DISABLED_OPTIMIZERS_KEY] = qrep[ORT_DISABLED_OPTIMIZERS_KEY]
-            # Written before measuring: the runtime opens the file as its metadata says (optimizers switched off).
-            rewrite_metadata(int8, meta.replace(extra=extra))
-            int8_rep = {"path": INT8_NAME, "size_bytes": int8.stat().st_size,
-                        "val_accuracy": q.onnx_accuracy(int8, val_x, val_y),
-                        "test_accuracy": q.onnx_accuracy(int8, test_x, test_y)}
-            lat8 = q.measure_latency(int8, shape, runs=latency_runs)
-            int8_rep.update(latency_ms_b1_t1=lat8["median_ms"], latency_p90_ms_b1_t1=lat8["p90_ms"], **qrep)
-            drop = round((fp32_rep["test_accuracy"] - int8_rep["test_accuracy"]) * 100, 4)
-            report.update(int8=int8_rep, size_ratio=round(int8_rep["size_bytes"] / fp32_rep["size_bytes"], 4),
-                          accuracy_drop_pp=drop, max_drop_pp=max_drop)
-            # The INT8 file describes itself: its own precision, settings and measured accuracy.
-            rewrite_metadata(int8, meta.replace(extra={
-                **extra,
-                "onnx_test_accuracy": int8_rep["test_accuracy"], "onnx_val_accuracy": int8_rep["val_accuracy"]}))
-            int8_rep["size_bytes"] = int8.stat().st_size
-            report["size_ratio"] = round(int8_rep["size_bytes"] / fp32_rep["size_bytes"], 4)
-            log(f"test accuracy fp32 {fp32_rep['test_accuracy']:.4f}, int8 {int8_rep['test_accuracy']:.4f} "
-                f"(drop {drop:+.2f} pp)")
-            if drop > max_drop and quantize == "auto":
-                # auto does not fail on an INT8 loss: it keeps FP32 instead (_auto_keep).
-                report["accuracy_guard"] = "exceeded, auto keeps fp32"
-            else:
-                report["accuracy_guard"] = _apply_guard(
-                    f"INT8 test accuracy {int8_rep['test_accuracy']:.4f} is {drop:.2f} pp below FP32 "
-                    f"{fp32_rep['test_accuracy']:.4f} (--max-drop {max_drop} pp)" if drop > max_drop else None,
-                    allow_drop, out_dir, log)
+                report["cross_cpu"] = {"target": settings.target, "verified": None,
+                                       "reason": "not checked (--no-cpu-check)"}
+                rewrite_metadata(int8, meta.replace(extra={**extra, "cross_cpu": report["cross_cpu"]}))
         if check_arm:
-            _check_arm(report, tmp, mode, cfg, data_dir, arm_subset, max_drop, allow_drop, out_dir, log)
+            _check_arm(report, tmp, mode, source.cfg, data_dir, arm_subset, max_drop, allow_drop, out_dir, log)
         if quantize == "auto":
-            _auto_keep(report, tmp, shape, latency_runs, log)
-        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        (tmp / "report.md").write_text(report_markdown(report))
+            _auto_keep(report, tmp, (1, *meta_shape(meta)), latency_runs, log)
+        (tmp / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n")
+        (tmp / REPORT_MD).write_text(report_markdown(report))
         _fsync_dir_files(tmp)
         _swap_into_place(tmp, out_dir)
     finally:
@@ -308,11 +449,15 @@ def export_checkpoint(src: str | Path, out_dir: str | Path | None = None, *, qua
     return report
 
 
+def meta_shape(meta: ModelMeta) -> tuple[int, int, int]:
+    return (meta.in_chans, meta.input_size, meta.input_size)
+
+
 def _check_arm(report: dict, tmp: Path, mode: str, cfg: dict, data_dir: str | None, subset: int, max_drop: float,
                allow_drop: bool, out_dir: Path, log: Callable[[str], None]) -> None:
     """--check-arm: the files' accuracy under emulated Raspberry Pi 4 (aarch64, Cortex-A72) onnxruntime on a
     test subset, into report["arm"]; the accuracy guard applies to the ARM figure too, as a Pi user gets it."""
-    from .. import arm
+    from ..runtime import emulate as arm
     log(f"checking on an emulated Raspberry Pi 4 (qemu-aarch64, {subset} test images)")
     try:
         a = arm.export_check(tmp / FP32_NAME, tmp / INT8_NAME if mode != "none" else None, str(cfg.get("data")),
@@ -438,8 +583,11 @@ def report_markdown(r: dict) -> str:
     row("latency b1 t1 (median / p90)", f"{f['latency_ms_b1_t1']:.3f} / {f['latency_p90_ms_b1_t1']:.3f} ms",
         f"{i['latency_ms_b1_t1']:.3f} / {i['latency_p90_ms_b1_t1']:.3f} ms" if i else "")
     p = r["parity"]
-    lines += ["", f"Parity (PyTorch vs onnxruntime FP32, {p['images']} validation images): top-1 agreement "
-              f"{p['top1_agreement']:.2%}, max |logit diff| {p['max_abs_logit_diff']:.2e}."]
+    if "top1_agreement" in p:
+        lines += ["", f"Parity (PyTorch vs onnxruntime FP32, {p['images']} validation images): top-1 agreement "
+                  f"{p['top1_agreement']:.2%}, max |logit diff| {p['max_abs_logit_diff']:.2e}"
+                  + (", recorded when the FP32 file was exported from its checkpoint." if p.get("recorded_at_fp32_export")
+                     else ".")]
     if i:
         lines += ["", f"Quantization: {i['mode']} {i['format']}, calibration {i['method']} on {i['calib_size']} "
                   f"training images, per-channel {i['per_channel']}, activations {i['activation_type']}, weights "
@@ -452,6 +600,18 @@ def report_markdown(r: dict) -> str:
             lines += ["", f"Candidates (chosen on {i['selected_on']}):", "", "| method | per-channel | val accuracy |",
                       "|---|---|---|"]
             lines += [f"| {c['method']} | {c['per_channel']} | {_pct(c['val_accuracy'])} |" for c in i["candidates"]]
+    cc = r.get("cross_cpu") or {}
+    if cc.get("families"):
+        lines += ["", f"Target {cc['target']}: its answers must hold on {', '.join(cc['claimed_families'])}. "
+                  f"Cross-CPU check on {cc['subset']} test images at most (host: {cc['host_family']}):", "",
+                  "| CPU | family | how | images | accuracy | agreement with native |", "|---|---|---|---|---|---|"]
+        for fam, runs in cc["families"].items():
+            lines += [f"| {x['cpu']} | {fam} | {x['how']} | {x['images']} | {_pct(x['accuracy'])} | "
+                      f"{x['agreement']:.2%} ({x['disagreements']} differ) |" for x in runs]
+        if cc.get("accepted_disagreement"):
+            lines += ["", "The file disagrees on a claimed family and was kept with --allow-disagreement."]
+    elif cc:
+        lines += ["", f"Target {cc['target']}: cross-CPU check {cc.get('reason', 'not run')}."]
     if r.get("auto"):
         lines += ["", f"--quantize auto kept {r['auto']['kept']}: {r['auto']['reason']}."]
     if r.get("arm"):

@@ -26,6 +26,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from ..names import TRAIN
 from ..runtime.cpu import detect_cpu  # noqa: F401
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
@@ -48,9 +49,59 @@ class QuantSettings:
     reduce_range: bool
     isa: str  # what the choice was made for
     reason: str
+    target: str = "native"
+    # The CPU families (FAMILIES) whose predictions must equal the exporting machine's, image by image.
+    families: tuple = ()
+
+
+# The CPU families whose onnxruntime INT8 kernels compute differently. "x86-avx2" stands for every x86-64 CPU
+# without VNNI (AVX2, AVX-512 without VNNI, SSE4.1): their u8 x s8 kernels add pairs of products into a
+# saturating 16-bit sum (VPMADDUBSW). "x86-vnni" accumulates in 32 bits. "arm64" (NEON, the Raspberry Pi)
+# widens before it adds. Where no sum can saturate, all three compute the same integers.
+FAMILIES = ("x86-vnni", "x86-avx2", "arm64")
+TARGETS = ("portable", "x86-vnni", "x86-avx2", "arm64", "native")
+
+
+def cpu_family(cpu: dict) -> str:
+    if cpu.get("arm"):
+        return "arm64"
+    return "x86-vnni" if cpu.get("avx512_vnni") or cpu.get("avx_vnni") else "x86-avx2"
+
+
+def target_settings(target: str, cpu: dict) -> QuantSettings:
+    """The quantization settings for an export target, and the CPU families it must be verified on.
+
+    portable: 7-bit weights (reduce_range) with U8S8. Two products of a u8 activation and a weight in
+    [-64, 63] add up to at most 32,640, below the 16-bit limit, so the AVX2 kernels cannot saturate and every
+    family computes the exact integer sums VNNI does. Measured, not assumed: benchmarks/portable-int8.md
+    compares the candidates on every family (full 8-bit weights change 4 of the 372 photo test predictions on AVX2)."""
+    if target == "native":
+        s = choose_settings(cpu)
+        return QuantSettings(**{**asdict(s), "target": "native", "families": (cpu_family(cpu),)})
+    if target == "portable":
+        return QuantSettings("QUInt8", "QInt8", True, "portable",
+                             "portable: U8S8 with 7-bit weights (reduce_range): no u8s8 sum can saturate, so x86 "
+                             "with and without VNNI and ARM64 compute the same integers and give the same answers",
+                             "portable", FAMILIES)
+    if target == "x86-vnni":
+        return QuantSettings("QUInt8", "QInt8", False, "x86-vnni",
+                             "x86 with VNNI: u8s8 products accumulate in 32 bits, so full 8-bit weights (U8S8, "
+                             "reduce_range off); on x86 without VNNI these files can saturate and answer differently",
+                             "x86-vnni", ("x86-vnni",))
+    if target == "x86-avx2":
+        return QuantSettings("QUInt8", "QInt8", True, "x86-avx2-no-vnni",
+                             "x86 AVX2/AVX-512 without VNNI: u8s8 pairs can saturate the 16-bit intermediate sums "
+                             "(VPMADDUBSW), so weights are quantized to 7 bits (reduce_range on)",
+                             "x86-avx2", ("x86-avx2",))
+    if target == "arm64":
+        return QuantSettings("QInt8", "QInt8", False, "arm-neon",
+                             "ARM64/NEON: no u8s8 saturation; symmetric int8 activations suit the ARM kernels (S8S8)",
+                             "arm64", ("arm64",))
+    raise QuantizeError(f"--target {target!r}: choose from {', '.join(TARGETS)}")
 
 
 def choose_settings(cpu: dict) -> QuantSettings:
+    """The settings that suit the CPU that runs the export (target "native")."""
     if cpu.get("arm"):
         return QuantSettings("QInt8", "QInt8", False, "arm-neon",
                              "ARM/NEON: no u8s8 saturation; symmetric int8 activations suit the ARM kernels (S8S8)")
@@ -237,7 +288,7 @@ def quantize_static_search(fp32_path: Path, out_path: Path, calib_x: np.ndarray,
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rep = {"mode": "static", "format": "QDQ", "method": best["method"], "per_channel": best["per_channel"],
-           **_settings_dict(settings), "calib_size": int(len(calib_x)), "calib_split": "train",
+           **_settings_dict(settings), "calib_size": int(len(calib_x)), "calib_split": TRAIN,
            "selected_on": f"val ({len(val_x)} images)", "first_block_fp32": first, "candidates": candidates}
     if first.get("kept"):
         rep["ort_disabled_optimizers"] = list(NO_QDQ_PROPAGATION)
@@ -324,7 +375,8 @@ def quantize_dynamic_file(fp32_path: Path, out_path: Path, settings: QuantSettin
 def _settings_dict(s: QuantSettings) -> dict:
     d = asdict(s)
     return {"activation_type": d["activation_type"], "weight_type": d["weight_type"],
-            "reduce_range": d["reduce_range"], "isa": d["isa"], "reason": d["reason"]}
+            "reduce_range": d["reduce_range"], "isa": d["isa"], "reason": d["reason"], "target": d["target"],
+            "target_families": list(d["families"])}
 
 
 # --- latency ---------------------------------------------------------------------------------------------------

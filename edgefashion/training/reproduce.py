@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..files import atomic_write_text
+from ..names import CLOTHING_SMALL, CONFIG_JSON, FASHION_MNIST, LAST_CHECKPOINT, REPORT_JSON, RESULTS_JSON
 from .train import TrainConfig, fit, load_checkpoint
 from .zoo import get_entry
 
@@ -26,13 +27,13 @@ SEED_FIGURES = {
 }
 
 SUITES = {
-    "fashion-mnist": {
-        "data": "fashion-mnist",
+    FASHION_MNIST: {
+        "data": FASHION_MNIST,
         "models": ["logreg", "mlp1", "mlp2", "mlp3", "mlp4", "cnn1", "cnn2", "cnn3", "cnn4", "cnn5", "resnet20"],
         "seed_note": "Fashion-MNIST report (same data set and test split)",
     },
     "photos": {
-        "data": "clothing-small",
+        "data": CLOTHING_SMALL,
         "models": ["alexnet", "alexnet-3conv", "seq5", "seq6", "seq5-strided", "resnet20", "mobilenetv3-small",
                    "resnet10"],
         "seed_note": "Carousell report: 15 classes of Carousell photos; ours: clothing-small's 10 classes, "
@@ -61,23 +62,23 @@ def smallest_fit(model: str, img_size: int, up_to: int = 512) -> int:
 
 
 def _done_epochs(run_dir: Path) -> int:
-    return int(json.loads((run_dir / "results.json").read_text())["epochs_run"])
+    return int(json.loads((run_dir / RESULTS_JSON).read_text())["epochs_run"])
 
 
 def _can_extend(run_dir: Path, epochs: int) -> bool:
     """A finished run can grow to `epochs` when it ran out of epochs (not early-stopped) with fewer, and its
     learning-rate schedule does not depend on the budget (a cosine run's would change: retrain it elsewhere)."""
-    res = json.loads((run_dir / "results.json").read_text())
-    config = json.loads((run_dir / "config.json").read_text())
+    res = json.loads((run_dir / RESULTS_JSON).read_text())
+    config = json.loads((run_dir / CONFIG_JSON).read_text())
     return (res["epochs_run"] < epochs and res.get("stop_reason") == "max epochs"
-            and config.get("scheduler") != "cosine" and (run_dir / "last.pt").exists())
+            and config.get("scheduler") != "cosine" and (run_dir / LAST_CHECKPOINT).exists())
 
 
 def _row(model: str, run_dir: Path, export_dir: Path) -> dict:
-    res = json.loads((run_dir / "results.json").read_text())
-    rep = json.loads((export_dir / "report.json").read_text())
+    res = json.loads((run_dir / RESULTS_JSON).read_text())
+    rep = json.loads((export_dir / REPORT_JSON).read_text())
     int8 = rep.get("int8") or {}
-    history = load_checkpoint(run_dir / "last.pt")["history"]
+    history = load_checkpoint(run_dir / LAST_CHECKPOINT)["history"]
     return {
         "model": model, "params": res["params"], "img_size": res["img_size"],
         "epochs_run": res["epochs_run"], "train_seconds": res["train_seconds"],
@@ -145,28 +146,29 @@ def reproduce(suite: str, *, out: str | Path | None = None, table_dir: str | Pat
         run_dir, export_dir = out / model, out / model / "export"
         t0 = time.perf_counter()
         want = _epochs(model, epochs_scale)
-        extend = (run_dir / "results.json").exists() and _can_extend(run_dir, want)
-        if (run_dir / "results.json").exists() and not extend:
+        trained = (run_dir / RESULTS_JSON).exists()
+        extend = trained and _can_extend(run_dir, want)
+        if trained and not extend:
             log(f"[{i}/{len(names)}] {model}: trained already ({run_dir})")
         elif extend:
             # A plateau/constant schedule does not depend on the epoch budget and every epoch's batches depend
             # only on (seed, epoch), so continuing an N-epoch run to M epochs is the M-epoch run: a quick pass
             # (--epochs-scale 0.2) followed by a full one costs no retraining.
             log(f"[{i}/{len(names)}] {model}: extending the {_done_epochs(run_dir)}-epoch run to {want} epochs")
-            (export_dir / "report.json").unlink(missing_ok=True)  # derived from the old weights: re-export
+            (export_dir / REPORT_JSON).unlink(missing_ok=True)  # derived from the old weights: re-export
             fit(TrainConfig(model=model, data=spec["data"], data_dir=data_dir, device=device, epochs=want),
                 run_dir, resume=True, progress=False, log=lambda *a: None)
         else:
             cfg = TrainConfig(model=model, data=spec["data"], data_dir=data_dir, device=device,
                               epochs=want, limit=limit,
                               img_size=sizes[model])
-            resume = (run_dir / "last.pt").exists()
+            resume = (run_dir / LAST_CHECKPOINT).exists()
             fit(cfg, run_dir, resume=resume, progress=False, log=lambda *a: None)
-        if not (export_dir / "report.json").exists():
-            quantize = "dynamic" if model.startswith(("mlp", "logreg")) else "int8"
-            # The table reports what quantization costs; it does not stop the suite.
-            export_checkpoint(run_dir, export_dir, quantize=quantize, allow_drop=True, data_dir=data_dir,
-                              log=lambda *a: None)
+        if not (export_dir / REPORT_JSON).exists():
+            # The table reports what quantization costs; it does not stop the suite. The cross-CPU check
+            # (minutes of emulation per model) is for files that ship: `cpu-check` runs it on any of these.
+            export_checkpoint(run_dir, export_dir, quantize=get_entry(model).quantize, allow_drop=True, data_dir=data_dir,
+                              cpu_check=False, log=lambda *a: None)
         row = _row(model, run_dir, export_dir)
         rows.append(row)
         log(f"[{i}/{len(names)}] {model}: {row['epochs_run']} epochs, test {_pct(row['test_accuracy'])}, "

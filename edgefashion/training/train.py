@@ -1,5 +1,8 @@
 """Training: a dataclass config, plain functions (`train_one_epoch`, `evaluate`, `fit`) and self-describing
 checkpoints (model name and args, labels, preprocessing, config, epoch) that rebuild their model alone.
+
+`fit` is a few named stages carrying one `RunState`: setup (or resume) -> per epoch: train, validate,
+schedule / early stop, checkpoint -> final test on the best epoch.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import platform
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +25,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import __version__
+from ..data.splits import SplitSpec
 from ..files import atomic_write_bytes, atomic_write_text
 from ..meta import ModelMeta
+from ..names import (BEST_CHECKPOINT, CHECKPOINTS, CONFIG_JSON, LAST_CHECKPOINT, METRICS_CSV, RESULTS_JSON, TEST,
+                     TRAIN, VAL)
 from .datasets import AUGMENTATIONS, DataBundle, Split, batch_to_input, load_data
 from .distributed import Dist, all_reduce_sum, broadcast_object, setup, shard, teardown
 from .zoo import count_params, create_model, get_entry
@@ -65,6 +71,8 @@ class TrainConfig:
     mixup: float | None = None  # Beta(alpha, alpha) of mixup (Zhang et al. 2018); 0 = off
     cutmix: float | None = None  # Beta(alpha, alpha) of CutMix (Yun et al. 2019); 0 = off
     val_fraction: float = 0.2
+    # Of train, for data sets that ship no test split (carved before val; see data/splits.py).
+    test_fraction: float = 0.2
     limit: int | None = None  # at most this many images per split (stratified, seeded): quick runs and tests
     seed: int = 0
     device: str = "auto"
@@ -101,7 +109,23 @@ def resolve_config(cfg: TrainConfig, data_kind: str | None = None) -> TrainConfi
             raise ValueError(f"{name} must be >= 0, got {getattr(out, name)}")
     if not 0 < out.val_fraction < 1:
         raise ValueError(f"val_fraction must be between 0 and 1, got {out.val_fraction}")
+    if not 0 <= out.test_fraction < 1:
+        raise ValueError(f"test_fraction must be in [0, 1), got {out.test_fraction}")
     return out
+
+
+def split_spec(cfg: TrainConfig | dict) -> SplitSpec:
+    """The SplitSpec of a run: how its data set's unshipped splits are carved. Takes a TrainConfig or the
+    config dict a checkpoint records (older ones lack test_fraction: the default applies)."""
+    d = asdict(cfg) if isinstance(cfg, TrainConfig) else dict(cfg or {})
+    return SplitSpec.from_dict(d)
+
+
+def checkpoint_split(ckpt: dict) -> SplitSpec:
+    """The SplitSpec a checkpoint's model was trained with: its meta's record, else its config's (checkpoints
+    written before the meta recorded it), else the defaults."""
+    recorded = (ckpt.get("meta") or {}).get("split")
+    return SplitSpec.from_dict(recorded) if recorded else split_spec(ckpt.get("config") or {})
 
 
 def select_device(name: str) -> torch.device:
@@ -131,7 +155,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Load a checkpoint with weights_only=True (no pickled code runs) and check it is ours."""
     path = Path(path)
     if path.is_dir():
-        for name in ("best.pt", "last.pt"):
+        for name in CHECKPOINTS:
             if (path / name).is_file():
                 path = path / name
                 break
@@ -156,7 +180,8 @@ def model_from_checkpoint(ckpt: dict) -> tuple[nn.Module, ModelMeta]:
     model = create_model(ckpt["model"], **args)
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
-    return model, ModelMeta.from_dict(ckpt["meta"])
+    # Older checkpoints record the split in their config only; the meta carries it into exported files.
+    return model, ModelMeta.from_dict({**ckpt["meta"], "split": checkpoint_split(ckpt).to_dict()})
 
 
 def load_init_weights(model: nn.Module, path: str | Path) -> dict:
@@ -246,6 +271,18 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, mixup: float, cutmix: float,
     return x, y2, lam
 
 
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a replaced or closed stream
+        return False
+
+
+def _log(*args) -> None:
+    # Flushed: when stdout is a file or a pipe, print would hold a long run's epoch lines back until it ends.
+    print(*args, flush=True)
+
+
 def train_one_epoch(model: nn.Module, split: Split, meta: ModelMeta, optimizer: torch.optim.Optimizer,
                     cfg: TrainConfig, epoch: int, *, device: torch.device, scaler=None, base_lrs=None,
                     lr_scale: float = 1.0, progress: bool = True, dist: Dist = Dist()) -> dict:
@@ -272,10 +309,14 @@ def train_one_epoch(model: nn.Module, split: Split, meta: ModelMeta, optimizer: 
     seen = 0
     t0 = time.perf_counter()
     bar = None
-    if progress:
+    if progress and _is_terminal(sys.stderr):
         from tqdm import tqdm
         bar = tqdm(total=n * dist.world, desc=f"epoch {epoch}/{cfg.epochs}", unit="img", leave=False,
                    file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+    elif progress:
+        # A log file or a pipe would collect every carriage-return redraw of a bar: one plain line instead,
+        # written as the epoch starts, so that a log shows which epoch is running while it runs.
+        print(f"epoch {epoch}/{cfg.epochs}: training on {n * dist.world} images", file=sys.stderr, flush=True)
     try:
         for i in range(steps):
             if base_lrs is not None:
@@ -405,7 +446,7 @@ def _rng_state(device: torch.device) -> dict:
 
 
 def fit(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool = False, progress: bool = True,
-        log=print) -> dict:
+        log=_log) -> dict:
     """Train `cfg.model` on `cfg.data`; write the run folder; return results.json's content.
 
     With `resume`, continue from `out_dir/last.pt`: its config wins (except a larger `epochs`), and as order,
@@ -423,181 +464,300 @@ def fit(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool = F
 
 
 def _fit(cfg: TrainConfig, out_dir, *, resume: bool, progress: bool, log, dist: Dist) -> dict:
-    start_epoch, ckpt = 1, None
-    if resume:
-        if out_dir is None:
-            raise TrainingError("--resume needs the run folder (--out DIR)")
-        out_dir = Path(out_dir)
-        ckpt = load_checkpoint(out_dir / "last.pt")  # every rank resumes from the same file
-        saved = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in {f.name for f in fields(TrainConfig)}})
-        epochs = max(saved.epochs, cfg.epochs) if cfg.epochs else saved.epochs
-        cfg = replace(saved, epochs=epochs, data_dir=cfg.data_dir or saved.data_dir, device=cfg.device)
-        start_epoch = int(ckpt["epoch"]) + 1
+    """The run as stages around one RunState: config (resumed) -> run folder -> setup (data, model, optimiser;
+    restored from last.pt) -> epochs (train, validate, schedule / early stop, checkpoint) -> final test."""
+    cfg, ckpt = _resume_config(cfg, out_dir) if resume else (cfg, None)
     cfg = resolve_config(cfg)
-    # Rank 0 picks the (numbered) run folder; the others learn its name.
-    out_dir = broadcast_object(str(out_dir) if out_dir is not None else str(default_run_dir(cfg)), dist)
-    out_dir = Path(out_dir)
-    if not resume and (out_dir / "last.pt").exists():
+    state = setup_run(cfg, _run_dir(cfg, out_dir, resume, dist), dist, ckpt, log)
+    run_epochs(state, progress, log)
+    return final_test(state, log)
+
+
+# --- the run's state and its checkpoint ---------------------------------------------------------------------
+
+@dataclass
+class RunState:
+    """What a run carries from stage to stage: its config, folder, data, model and optimiser, and the progress
+    a checkpoint records. `checkpoint` writes it as a dict; `restore` reads one back."""
+    cfg: TrainConfig  # resolved; what config.json and every checkpoint record
+    out_dir: Path
+    device: torch.device
+    dist: Dist
+    bundle: DataBundle
+    model: nn.Module
+    model_args: dict  # create_model's keyword arguments: with the name, they rebuild the model
+    optimizer: torch.optim.Optimizer
+    plateau: Any = None  # ReduceLROnPlateau, with --scheduler plateau
+    scaler: Any = None  # GradScaler, for float16 autocast on CUDA
+    net: nn.Module | None = None  # what trains: the model, or its DistributedDataParallel wrapper
+    base_lrs: list[float] = field(default_factory=list)
+    start_epoch: int = 1
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"val_acc": -1.0, "epoch": 0})
+    bad_epochs: int = 0
+    train_seconds: float = 0.0
+    stop_reason: str = "max epochs"
+
+    def __post_init__(self) -> None:
+        if self.net is None:
+            self.net = self.model
+        if not self.base_lrs:
+            self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+
+    @property
+    def meta(self) -> ModelMeta:
+        return self.bundle.meta
+
+    @property
+    def epochs_done(self) -> int:
+        return self.history[-1]["epoch"] if self.history else 0
+
+    def checkpoint(self, epoch: int) -> dict:
+        """A self-describing checkpoint: `model_from_checkpoint` rebuilds the model from it alone, and
+        `fit(resume=True)` continues the run from it. Tensors and plain types only (weights_only loading)."""
+        return {
+            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "edgefashion": __version__,
+            "model": self.cfg.model, "model_args": self.model_args, "meta": self.meta.to_dict(),
+            "config": asdict(self.cfg), "epoch": epoch,
+            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.plateau.state_dict() if self.plateau else {},
+            "scaler": self.scaler.state_dict() if self.scaler else {}, "history": self.history, "best": self.best,
+            "bad_epochs": self.bad_epochs, "train_seconds": self.train_seconds, "rng": _rng_state(self.device),
+            "world_size": self.dist.world,
+        }
+
+    def restore(self, ckpt: dict) -> None:
+        """Continue from `ckpt` (a checkpoint of this run): weights, optimiser, scheduler and progress."""
+        self.model.load_state_dict(ckpt["state_dict"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.plateau is not None and ckpt.get("scheduler"):
+            self.plateau.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.history = list(ckpt["history"])
+        self.best = dict(ckpt["best"])
+        self.bad_epochs = int(ckpt["bad_epochs"])
+        self.train_seconds = float(ckpt["train_seconds"])
+        self.start_epoch = int(ckpt["epoch"]) + 1
+
+    def save(self, name: str, epoch: int) -> None:
+        """Write checkpoint `name` of the run folder (rank 0 only; the others hold the same weights)."""
+        if self.dist.is_main:
+            save_checkpoint(self.out_dir / name, self.checkpoint(epoch))
+
+
+# --- setup and resume ---------------------------------------------------------------------------------------
+
+def _resume_config(cfg: TrainConfig, out_dir) -> tuple[TrainConfig, dict]:
+    """The config of the run in `out_dir` (a larger `epochs`, another data_dir and device may be asked) and
+    its last checkpoint."""
+    if out_dir is None:
+        raise TrainingError("--resume needs the run folder (--out DIR)")
+    ckpt = load_checkpoint(Path(out_dir) / LAST_CHECKPOINT)  # every rank resumes from the same file
+    saved = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in {f.name for f in fields(TrainConfig)}})
+    epochs = max(saved.epochs, cfg.epochs) if cfg.epochs else saved.epochs
+    return replace(saved, epochs=epochs, data_dir=cfg.data_dir or saved.data_dir, device=cfg.device), ckpt
+
+
+def _run_dir(cfg: TrainConfig, out_dir, resume: bool, dist: Dist) -> Path:
+    """The run folder, created. Rank 0 picks the (numbered) default; the others learn its name."""
+    out_dir = Path(broadcast_object(str(out_dir) if out_dir is not None else str(default_run_dir(cfg)), dist))
+    if not resume and (out_dir / LAST_CHECKPOINT).exists():
         # Never train over a finished or interrupted run: its checkpoints would be lost.
         raise TrainingError(f"{out_dir}: holds a run already; continue it with --resume or pick another --out")
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
 
-    device = select_device(cfg.device)
-    entry = get_entry(cfg.model)
+
+def _load_bundle(cfg: TrainConfig, device: torch.device, dist: Dist, log) -> DataBundle:
     t_load = time.perf_counter()
-    bundle: DataBundle = load_data(cfg.data, cfg.data_dir, model=cfg.model, img_size=cfg.img_size,
-                                   in_chans=cfg.in_chans, val_fraction=cfg.val_fraction, seed=cfg.seed,
-                                   limit=cfg.limit, device=device, quiet=not dist.is_main)
+    bundle = load_data(cfg.data, cfg.data_dir, model=cfg.model, img_size=cfg.img_size, in_chans=cfg.in_chans,
+                       split=split_spec(cfg), limit=cfg.limit, device=device, quiet=not dist.is_main)
     meta = bundle.meta
-    cfg = replace(cfg, in_chans=meta.in_chans)
     log(f"data: {bundle.name} ({', '.join(f'{k} {len(v)}' for k, v in bundle.splits.items())}) "
         f"{meta.input_size}px x{meta.in_chans} in {time.perf_counter() - t_load:.1f}s; device {device}"
         + (f"; {dist.world} processes, global batch {cfg.batch_size * dist.world}" if dist.enabled else ""))
+    return bundle
 
+
+def _build_model(cfg: TrainConfig, meta: ModelMeta, device: torch.device, *, fresh: bool,
+                 log) -> tuple[nn.Module, dict]:
+    """The model and its create_model arguments, on `device`. A fresh run starts from pretrained or
+    --init-weights when asked; a resumed one gets its checkpoint's weights afterwards."""
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     model_args = {"num_classes": meta.num_classes, "in_chans": meta.in_chans, "img_size": meta.input_size}
-    model = create_model(cfg.model, pretrained=cfg.pretrained and ckpt is None, **model_args)
-    if cfg.init_weights and ckpt is None:
+    model = create_model(cfg.model, pretrained=cfg.pretrained and fresh, **model_args)
+    if cfg.init_weights and fresh:
         rep = load_init_weights(model, cfg.init_weights)
         log(f"init weights: {rep['loaded']} tensors from {cfg.init_weights}; kept fresh: {len(rep['missing'])}")
     model.to(device)
     if _channels_last(device):
         model = model.to(memory_format=torch.channels_last)
-    params = count_params(model)
+    return model, model_args
+
+
+def setup_run(cfg: TrainConfig, out_dir: Path, dist: Dist, ckpt: dict | None, log) -> RunState:
+    """Data, model, optimiser, scheduler and scaler; restored from `ckpt` when resuming. Writes config.json
+    and, for a fresh run, last.pt at epoch 0, so that Ctrl-C in epoch 1 still leaves a resumable run."""
+    device = select_device(cfg.device)
+    bundle = _load_bundle(cfg, device, dist, log)
+    cfg = replace(cfg, in_chans=bundle.meta.in_chans)
+    model, model_args = _build_model(cfg, bundle.meta, device, fresh=ckpt is None, log=log)
     optimizer = _make_optimizer(model, cfg)
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
     plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.plateau_factor,
                                                           patience=cfg.plateau_patience)
                if cfg.scheduler == "plateau" else None)
-    scaler = None
-    if device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported():
-        scaler = torch.amp.GradScaler("cuda")
-
-    history: list[dict] = []
-    best = {"val_acc": -1.0, "epoch": 0}
-    bad_epochs = 0
-    train_seconds = 0.0
+    scaler = (torch.amp.GradScaler("cuda")
+              if device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported() else None)
+    state = RunState(cfg=cfg, out_dir=out_dir, device=device, dist=dist, bundle=bundle, model=model,
+                     model_args=model_args, optimizer=optimizer, plateau=plateau, scaler=scaler)
     if ckpt is not None:
-        model.load_state_dict(ckpt["state_dict"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if plateau is not None and ckpt.get("scheduler"):
-            plateau.load_state_dict(ckpt["scheduler"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        history = list(ckpt["history"])
-        best = dict(ckpt["best"])
-        bad_epochs = int(ckpt["bad_epochs"])
-        train_seconds = float(ckpt["train_seconds"])
-        log(f"resuming {out_dir} from epoch {start_epoch - 1}")
-    net = model
+        state.restore(ckpt)
+        log(f"resuming {out_dir} from epoch {state.start_epoch - 1}")
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
-        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    resolved = asdict(cfg)
+        state.net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     if dist.is_main:
-        atomic_write_text(out_dir / "config.json", json.dumps(resolved, indent=2) + "\n")
-
-    def save(name: str, epoch: int) -> None:
-        if not dist.is_main:
-            return
-        save_checkpoint(out_dir / name, {
-            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "edgefashion": __version__,
-            "model": cfg.model, "model_args": model_args, "meta": meta.to_dict(), "config": resolved,
-            "epoch": epoch, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict(), "scheduler": plateau.state_dict() if plateau else {},
-            "scaler": scaler.state_dict() if scaler else {}, "history": history, "best": best,
-            "bad_epochs": bad_epochs, "train_seconds": train_seconds, "rng": _rng_state(device),
-            "world_size": dist.world,
-        })
-
+        atomic_write_text(out_dir / CONFIG_JSON, json.dumps(asdict(cfg), indent=2) + "\n")
     if ckpt is None:
-        save("last.pt", 0)  # so Ctrl-C in epoch 1 still leaves a resumable run
-    log(f"model: {cfg.model} ({params:,} params) | {cfg.optimizer} lr {cfg.lr} | batch {cfg.batch_size} | "
-        f"augment {cfg.augment} | scheduler {cfg.scheduler} | epochs <= {cfg.epochs} | run folder {out_dir}")
+        state.save(LAST_CHECKPOINT, 0)
+    log(f"model: {cfg.model} ({count_params(model):,} params) | {cfg.optimizer} lr {cfg.lr} | "
+        f"batch {cfg.batch_size} | augment {cfg.augment} | scheduler {cfg.scheduler} | epochs <= {cfg.epochs} | "
+        f"run folder {out_dir}")
+    return state
 
-    stop_reason = "max epochs"
+
+# --- the epochs: train -> validate -> schedule / early stop -> checkpoint -----------------------------------
+
+def _train_epoch(state: RunState, epoch: int, progress: bool) -> dict:
+    cfg, optimizer = state.cfg, state.optimizer
+    lr_scale = 1.0
+    if state.plateau is not None and state.base_lrs[0]:
+        # ReduceLROnPlateau lowers group['lr']; keep the per-step warm-up relative to that.
+        lr_scale = optimizer.param_groups[0]["lr"] / state.base_lrs[0]
+    use_steps = cfg.scheduler == "cosine" or cfg.warmup_epochs > 0
+    return train_one_epoch(state.net, state.bundle.splits[TRAIN], state.meta, optimizer, cfg, epoch,
+                           device=state.device, scaler=state.scaler, base_lrs=state.base_lrs if use_steps else None,
+                           lr_scale=lr_scale, progress=progress, dist=state.dist)
+
+
+def _score(state: RunState, split: str) -> dict:
+    return evaluate(state.model, state.bundle.splits[split], state.meta, device=state.device,
+                    batch_size=state.cfg.eval_batch_size, amp=state.cfg.amp, dist=state.dist)
+
+
+def _validate(state: RunState, epoch: int) -> dict:
+    va = _score(state, VAL)
+    if not math.isfinite(va["loss"]):
+        raise TrainingError(f"validation loss became {va['loss']} in epoch {epoch}")
+    return va
+
+
+def _schedule(state: RunState, epoch: int, tr: dict, va: dict) -> bool:
+    """Step the plateau scheduler, keep the best epoch and the patience count, append the epoch to the
+    history; True when the epoch is the best so far."""
+    state.train_seconds += tr["seconds"]
+    lr_now = state.optimizer.param_groups[0]["lr"]
+    if state.plateau is not None:
+        state.plateau.step(va["acc"])
+    improved = va["acc"] > state.best["val_acc"]
+    if improved:
+        state.best = {"val_acc": va["acc"], "val_loss": va["loss"], "epoch": epoch}
+        state.bad_epochs = 0
+    else:
+        state.bad_epochs += 1
+    state.history.append({"epoch": epoch, "train_loss": round(tr["loss"], 6), "train_acc": round(tr["acc"], 6),
+                          "val_loss": round(va["loss"], 6), "val_acc": round(va["acc"], 6), "lr": lr_now,
+                          "seconds": round(tr["seconds"], 3), "images_per_s": round(tr["ips"], 1)})
+    return improved
+
+
+def _early_stop(state: RunState) -> bool:
+    cfg = state.cfg
+    # Rank 0 decides and tells the others, so every rank leaves the loop at the same epoch.
+    if broadcast_object(bool(cfg.early_stopping and state.bad_epochs >= cfg.patience), state.dist):
+        state.stop_reason = f"early stopping: no val accuracy gain in {cfg.patience} epochs"
+        return True
+    return False
+
+
+def _checkpoint(state: RunState, epoch: int, improved: bool) -> None:
+    if improved:
+        state.save(BEST_CHECKPOINT, epoch)
+    state.save(LAST_CHECKPOINT, epoch)
+    if state.dist.is_main:
+        _write_metrics_csv(state.out_dir / METRICS_CSV, state.history)
+
+
+def run_epochs(state: RunState, progress: bool, log) -> None:
+    """Epochs from `state.start_epoch` until the last or early stopping. Ctrl-C leaves last.pt resumable and
+    says how to continue; a diverged run stops, keeping its last good epoch."""
+    last = state.out_dir / LAST_CHECKPOINT
     try:
-        for epoch in range(start_epoch, cfg.epochs + 1):
-            lr_scale = 1.0
-            if plateau is not None:
-                # ReduceLROnPlateau lowers group['lr']; keep the per-step warm-up relative to that.
-                lr_scale = optimizer.param_groups[0]["lr"] / base_lrs[0] if base_lrs[0] else 1.0
-            use_steps = cfg.scheduler == "cosine" or cfg.warmup_epochs > 0
-            tr = train_one_epoch(net, bundle.splits["train"], meta, optimizer, cfg, epoch, device=device,
-                                 scaler=scaler, base_lrs=base_lrs if use_steps else None, lr_scale=lr_scale,
-                                 progress=progress, dist=dist)
-            va = evaluate(model, bundle.splits["val"], meta, device=device, batch_size=cfg.eval_batch_size,
-                          amp=cfg.amp, dist=dist)
-            if not math.isfinite(va["loss"]):
-                raise TrainingError(f"validation loss became {va['loss']} in epoch {epoch}")
-            train_seconds += tr["seconds"]
-            lr_now = optimizer.param_groups[0]["lr"]
-            if plateau is not None:
-                plateau.step(va["acc"])
-            improved = va["acc"] > best["val_acc"]
-            if improved:
-                best = {"val_acc": va["acc"], "val_loss": va["loss"], "epoch": epoch}
-                bad_epochs = 0
-            else:
-                bad_epochs += 1
-            history.append({"epoch": epoch, "train_loss": round(tr["loss"], 6), "train_acc": round(tr["acc"], 6),
-                            "val_loss": round(va["loss"], 6), "val_acc": round(va["acc"], 6), "lr": lr_now,
-                            "seconds": round(tr["seconds"], 3), "images_per_s": round(tr["ips"], 1)})
-            if improved:
-                save("best.pt", epoch)
-            save("last.pt", epoch)
-            if dist.is_main:
-                _write_metrics_csv(out_dir / "metrics.csv", history)
-            log(f"epoch {epoch:3d}/{cfg.epochs}  train loss {tr['loss']:.4f} acc {tr['acc']:.4f}  "
-                f"val loss {va['loss']:.4f} acc {va['acc']:.4f}  lr {lr_now:.2e}  "
+        for epoch in range(state.start_epoch, state.cfg.epochs + 1):
+            tr = _train_epoch(state, epoch, progress)
+            va = _validate(state, epoch)
+            improved = _schedule(state, epoch, tr, va)
+            _checkpoint(state, epoch, improved)
+            log(f"epoch {epoch:3d}/{state.cfg.epochs}  train loss {tr['loss']:.4f} acc {tr['acc']:.4f}  "
+                f"val loss {va['loss']:.4f} acc {va['acc']:.4f}  lr {state.history[-1]['lr']:.2e}  "
                 f"{tr['seconds']:.1f}s ({tr['ips']:.0f} img/s){'  *' if improved else ''}")
-            # Rank 0 decides and tells the others, so every rank leaves the loop at the same epoch.
-            if broadcast_object(bool(cfg.early_stopping and bad_epochs >= cfg.patience), dist):
-                stop_reason = f"early stopping: no val accuracy gain in {cfg.patience} epochs"
+            if _early_stop(state):
                 break
     except KeyboardInterrupt:
-        done = history[-1]["epoch"] if history else 0
-        log(f"\ninterrupted: {out_dir / 'last.pt'} holds epoch {done}; continue with "
-            f"`edgefashion train --resume --out {out_dir}`")
+        log(f"\ninterrupted: {last} holds epoch {state.epochs_done}; continue with "
+            f"`edgefashion train --resume --out {state.out_dir}`")
         raise
     except TrainingError as e:
-        done = history[-1]["epoch"] if history else 0
-        raise TrainingError(f"{e}; stopped, {out_dir / 'last.pt'} keeps the last good epoch ({done}); "
+        raise TrainingError(f"{e}; stopped, {last} keeps the last good epoch ({state.epochs_done}); "
                             f"try a lower --lr") from None
 
-    log(f"stopped: {stop_reason}; restoring the best epoch ({best['epoch']}, val acc {best['val_acc']:.4f})")
-    broadcast_object(None, dist)  # a barrier: rank 0 has written best.pt before anyone reads it
-    best_ckpt = load_checkpoint(out_dir / "best.pt", map_location=device)
-    model.load_state_dict(best_ckpt["state_dict"])
-    te = evaluate(model, bundle.splits["test"], meta, device=device, batch_size=cfg.eval_batch_size, amp=cfg.amp,
-                  dist=dist)
-    tr_eval = evaluate(model, bundle.splits["train"], meta, device=device, batch_size=cfg.eval_batch_size,
-                       amp=cfg.amp, dist=dist)
-    results = {
-        "model": cfg.model, "data": bundle.name, "labels": list(meta.labels), "params": params,
+
+# --- the final test -----------------------------------------------------------------------------------------
+
+def final_test(state: RunState, log) -> dict:
+    """Restore the best epoch, score it on test (and train), write results.json and the plots; return the
+    results."""
+    best = state.best
+    log(f"stopped: {state.stop_reason}; restoring the best epoch ({best['epoch']}, val acc {best['val_acc']:.4f})")
+    broadcast_object(None, state.dist)  # a barrier: rank 0 has written best.pt before anyone reads it
+    best_ckpt = load_checkpoint(state.out_dir / BEST_CHECKPOINT, map_location=state.device)
+    state.model.load_state_dict(best_ckpt["state_dict"])
+    te, tr = _score(state, TEST), _score(state, TRAIN)
+    results = _results(state, te, tr)
+    if state.dist.is_main:
+        _write_results(state, results, te, log)
+    return results
+
+
+def _results(state: RunState, te: dict, tr: dict) -> dict:
+    """results.json's content."""
+    cfg, meta, bundle = state.cfg, state.meta, state.bundle
+    return {
+        "model": cfg.model, "data": bundle.name, "labels": list(meta.labels), "params": count_params(state.model),
         "img_size": meta.input_size, "in_chans": meta.in_chans,
         "test_accuracy": te["acc"], "test_loss": te["loss"], "test_images": te["n"],
         "per_class_accuracy": dict(zip(meta.labels, te["per_class"])),
         "confusion_matrix": te["confusion"],
-        "train_accuracy": tr_eval["acc"], "best_val_accuracy": best["val_acc"], "best_epoch": best["epoch"],
-        "epochs_run": history[-1]["epoch"] if history else 0, "stop_reason": stop_reason,
-        "train_seconds": round(train_seconds, 2), "device": str(device), "world_size": dist.world,
+        "train_accuracy": tr["acc"], "best_val_accuracy": state.best["val_acc"], "best_epoch": state.best["epoch"],
+        "epochs_run": state.epochs_done, "stop_reason": state.stop_reason,
+        "train_seconds": round(state.train_seconds, 2), "device": str(state.device), "world_size": state.dist.world,
         "split_sizes": {k: len(v) for k, v in bundle.splits.items()},
-        "source": entry.source, "edgefashion": __version__, "torch": torch.__version__,
+        "source": get_entry(cfg.model).source, "edgefashion": __version__, "torch": torch.__version__,
         "python": platform.python_version(),
     }
-    if not dist.is_main:
-        return results
-    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
+
+
+def _write_results(state: RunState, results: dict, te: dict, log) -> None:
+    cfg, out_dir = state.cfg, state.out_dir
+    atomic_write_text(out_dir / RESULTS_JSON, json.dumps(results, indent=2) + "\n")
     try:
         from .plots import plot_confusion, plot_curves
-        plot_curves(history, out_dir / "curves.png", title=f"{cfg.model} on {bundle.name}")
-        plot_confusion(np.asarray(te["confusion"]), list(meta.labels), out_dir / "confusion_matrix.png",
+        plot_curves(state.history, out_dir / "curves.png", title=f"{cfg.model} on {state.bundle.name}")
+        plot_confusion(np.asarray(te["confusion"]), list(state.meta.labels), out_dir / "confusion_matrix.png",
                        title=f"{cfg.model}: test accuracy {te['acc']:.4f}")
     except ImportError as e:  # matplotlib is in the [train] extra; say so rather than fail a finished run
         log(f"plots skipped: {e}")
     log(f"test accuracy {te['acc']:.4f} (loss {te['loss']:.4f}) on {te['n']} images; "
-        f"train {train_seconds:.0f}s; results in {out_dir}")
-    return results
+        f"train {state.train_seconds:.0f}s; results in {out_dir}")

@@ -27,6 +27,7 @@ from torch import nn
 
 __all__ = [
     "DOMAINS",
+    "QUANTIZE_MODES",
     "RECIPE_DEFAULTS",
     "ZooEntry",
     "count_params",
@@ -38,6 +39,9 @@ __all__ = [
 ]
 
 DOMAINS = ("fashion-mnist", "photo")
+# How `reproduce` exports a model: "int8" (static QDQ, calibrated on training images) or "dynamic" (INT8
+# weights, activations quantized at run time), which the dense-only networks (logreg, the MLPs) use.
+QUANTIZE_MODES = ("int8", "dynamic")
 
 # The full recipe key set. A key a model does not set takes the seed reports' common recipe (Adam 1e-3, batch 32,
 # at most 40 epochs, early stopping with patience 5, reduce-LR-on-plateau), so every entry's recipe is complete.
@@ -61,7 +65,7 @@ RECIPE_DEFAULTS: Mapping[str, Any] = {
 _RECIPE_CHOICES = {
     "optimizer": ("adam", "adamw", "sgd"),
     "scheduler": ("plateau", "cosine", "none"),
-    "augment": ("none", "carousell", "resnet", "strong"),
+    "augment": ("none", "carousell", "resnet", "strong", "camera"),
 }
 
 
@@ -97,6 +101,7 @@ class ZooEntry:
     source: str  # the seed report row it reproduces
     recipe: Mapping[str, Any]  # training defaults, every key of RECIPE_DEFAULTS
     timm_name: Optional[str] = None  # timm architecture behind it, if any (pretrained weights need a network)
+    quantize: str = "int8"  # its export's quantization mode, one of QUANTIZE_MODES
 
 
 _REGISTRY: "dict[str, ZooEntry]" = {}
@@ -121,15 +126,19 @@ def register_model(
     domain: str,
     source: str,
     timm_name: Optional[str] = None,
+    quantize: str = "int8",
     **recipe: Any,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering ``build(in_chans, num_classes, img_size, **kwargs)`` under ``name``.
 
     Keyword arguments beyond the entry's fields form its training recipe (keys of ``RECIPE_DEFAULTS``; missing
-    keys take the default). Raises ValueError on a duplicate name, an unknown domain or recipe key.
+    keys take the default). ``quantize`` is the export's default quantization mode (``QUANTIZE_MODES``).
+    Raises ValueError on a duplicate name, an unknown domain, quantization mode or recipe key.
     """
     if domain not in DOMAINS:
         raise ValueError(f"model {name!r}: unknown domain {domain!r}; choose from: {', '.join(DOMAINS)}")
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(f"model {name!r}: unknown quantize {quantize!r}; choose from: {', '.join(QUANTIZE_MODES)}")
     full_recipe = _make_recipe(name, recipe)
 
     def wrapper(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -144,6 +153,7 @@ def register_model(
             source=source,
             recipe=full_recipe,
             timm_name=timm_name,
+            quantize=quantize,
         )
         return build
 
@@ -284,12 +294,13 @@ def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1) -> "list[nn
 # --------------------------------------------------------------------------------------------------------------
 
 _FMNIST = dict(in_chans=1, img_size=28, domain="fashion-mnist", batch_size=32, augment="none", scheduler="plateau")
-_FMNIST_SGD = dict(_FMNIST, optimizer="sgd", lr=0.01, epochs=100, early_stopping=False)
+# The MLPs and logistic regression are Linear layers only: dynamic quantization.
+_FMNIST_SGD = dict(_FMNIST, optimizer="sgd", lr=0.01, epochs=100, early_stopping=False, quantize="dynamic")
 _FMNIST_CNN = dict(_FMNIST, optimizer="adam", lr=1e-3, epochs=40, early_stopping=True)
 
 
 @register_model("logreg", source="Fashion-MNIST report, logistic regression (82.6% test)", **dict(
-    _FMNIST, optimizer="sgd", lr=0.1, epochs=40, early_stopping=True))
+    _FMNIST, optimizer="sgd", lr=0.1, epochs=40, early_stopping=True, quantize="dynamic"))
 def logreg(in_chans: int, num_classes: int, img_size: int) -> nn.Module:
     """Multinomial logistic regression: Flatten + Linear (softmax lives in the loss).
 

@@ -1,8 +1,17 @@
-"""`edgefashion arm-check`: edgefashion's own runtime on a Raspberry Pi's CPU, by user-mode emulation (issue 8).
+"""edgefashion's own runtime on other CPU families, by user-mode emulation: `cpu-check` and `arm-check`.
 
-onnxruntime's ARM INT8 kernels are not its x86 ones, so an INT8 model can score differently on a Pi: the
-accuracy a Pi user gets has to be measured with ARM kernels. This module, which runs on the x86 host and needs
-only the standard library, builds an aarch64 Python 3.11 (Debian's packages, unpacked into a sysroot) with
+onnxruntime's INT8 kernels differ between CPU families (x86 with VNNI, x86 without it, ARM64), so an INT8 model
+can answer differently on a user's laptop or Pi than on the machine that exported it. The answers a user gets
+have to be measured with that family's kernels:
+- x86 without VNNI: the host's own Python under `qemu-x86_64-static -cpu Haswell` (AVX2) or `-cpu Nehalem`
+  (SSE4.2, no AVX), whose CPUID onnxruntime reads to pick its kernels.
+- x86 with VNNI: natively where the host has it. qemu's TCG has no VNNI or AVX-512, so elsewhere the reference
+  is the host with `session.x64quantprecision=1`: onnxruntime then runs u8 x u8 kernels that never saturate
+  and compute the same 32-bit sums VNNI does (it reproduces, image for image, the accuracy this project's files
+  recorded on AVX-512 VNNI machines).
+- ARM64: a Raspberry Pi, below.
+
+For ARM, this module, which runs on the x86 host and needs only the standard library, builds an aarch64 Python 3.11 (Debian's packages, unpacked into a sysroot) with
 the runtime's aarch64 wheels (numpy, onnxruntime, opencv-python-headless, click) in a cache folder, then runs
 `edgefashion eval --predictions` under qemu-aarch64 and on the host on the same fixed test subset, and compares
 them image by image.
@@ -30,8 +39,10 @@ import zipfile
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-FP32_NAME, INT8_NAME = "model.onnx", "model.int8.onnx"
+from ..names import FP32_FILE, INT8_FILE, INT8_SUFFIX, TEST
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+FP32_NAME, INT8_NAME = FP32_FILE, INT8_FILE
 MIN_FP32_AGREEMENT = 0.999
 DEFAULT_SUBSET = 2000
 DEFAULT_MAX_DROP = 0.5  # percentage points, as `edgefashion export --max-drop`
@@ -296,28 +307,18 @@ def eval_args(model: Path, data: str, subset: int, predictions: Path, *, data_di
               threads: int = 1) -> List[str]:
     """`edgefashion eval` on the first `subset` images of the stratified, seeded test subset (the same on
     every machine: eval --limit is deterministic)."""
-    a = ["-m", "edgefashion", "eval", "--model", str(model), "--data", data, "--split", "test",
+    a = ["-m", "edgefashion", "eval", "--model", str(model), "--data", data, "--split", TEST,
          "--limit", str(subset), "--json", "--predictions", str(predictions), "--threads", str(threads)]
     return a + (["--data-dir", data_dir] if data_dir else [])
 
 
 def run_eval(model: Path, data: str, subset: int, out: Path, *, arm: Optional[dict], board: str = "pi4",
              data_dir: Optional[str] = None, threads: int = 1) -> dict:
-    """edgefashion's own eval of `model` on the host (arm=None) or under emulation; returns its JSON with
-    "predicted"/"truth" from --predictions and the wall time."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    args = eval_args(model, data, subset, out, data_dir=data_dir, threads=threads)
-    if arm is None:
-        cmd, env = [sys.executable, *args], {**os.environ, "PYTHONPATH": str(PACKAGE_DIR.parent)}
-    else:
-        cmd, env = emulated_command(arm, args, board), emulated_env(arm)
-    t0 = time.perf_counter()
-    p = _run(cmd, f"edgefashion eval of {model} {'under aarch64 emulation' if arm else 'on the host'}", env=env)
-    wall = time.perf_counter() - t0
-    r = json.loads(p.stdout.strip().splitlines()[-1])
-    preds = json.loads(out.read_text())
-    return {"accuracy": r["accuracy"], "images": r["images"], "predicted": preds["predicted"],
-            "truth": preds["truth"], "wall_s": round(wall, 1)}
+    """edgefashion's own eval of `model` on the host (arm=None) or under aarch64 emulation on `board`."""
+    runner = cpu_runner("native") if arm is None else {
+        "cpu": board, "how": "emulated", "prefix": emulated_command(arm, [], board), "env": emulated_env(arm),
+        "eval": []}
+    return eval_on(runner, model, data, subset, out, data_dir=data_dir, threads=threads)
 
 
 # --- comparison and guard ------------------------------------------------------------------------------------------
@@ -375,7 +376,7 @@ def default_models(export_dir: Path = PACKAGE_DIR.parent / "export") -> List[str
 
 
 def precision_of(path: Path) -> str:
-    return "int8" if path.name.endswith(".int8.onnx") or ".int8" in path.suffixes else "fp32"
+    return "int8" if path.name.endswith(INT8_SUFFIX) or ".int8" in path.suffixes else "fp32"
 
 
 def model_dataset(path: Path) -> str:
@@ -419,7 +420,7 @@ def check(models: Sequence[str], *, subset: int = DEFAULT_SUBSET, cache: Optiona
     fails = guard(rows, max_drop)
     return {"board": board, "emulated_cpu": {**BOARDS[board], "features": None, **emu},
             "host": {"python": sys.version.split()[0], "machine": os.uname().machine, **host_versions()},
-            "subset": subset, "split": "test", "max_drop_pp": max_drop, "min_fp32_agreement": MIN_FP32_AGREEMENT,
+            "subset": subset, "split": TEST, "max_drop_pp": max_drop, "min_fp32_agreement": MIN_FP32_AGREEMENT,
             "rows": rows, "failures": fails, "ok": not fails, "setup_wall_s": round(setup_s, 1),
             "cache": env["root"], "wall_s": round(time.perf_counter() - t0, 1),
             "note": "wall times under emulation are qemu's, not a Raspberry Pi's speed"}
@@ -435,14 +436,23 @@ def format_table(r: dict) -> str:
              f"{'file':<44}{'prec':>5}{'images':>7}{'x86 acc':>9}{'ARM acc':>9}{'agree':>9}{'differ':>7}"
              f"{'ARM drop':>10}"]
     for row in r["rows"]:
-        name = str(Path(row["folder"]).name + "/" + Path(row["file"]).name)[-43:]
         drop = f"{row['arm_drop_pp']:+.2f}pp" if "arm_drop_pp" in row else "-"
-        lines.append(f"{name:<44}{row['precision']:>5}{row['images']:>7}{row['x86_accuracy']:>9.4f}"
+        lines.append(f"{_row_name(row, 44)}{row['precision']:>5}{row['images']:>7}{row['x86_accuracy']:>9.4f}"
                      f"{row['arm_accuracy']:>9.4f}"
                      f"{row['agreement']:>9.2%}{row['disagreements']:>7}{drop:>10}")
-    lines += ["", f"set-up {r['setup_wall_s']} s, whole check {r['wall_s']} s wall ({r['note']})"]
-    lines += [f"FAIL: {f}" for f in r["failures"]] or [
-        f"ok: FP32 agreement >= {r['min_fp32_agreement']:.1%}, INT8 on ARM within {r['max_drop_pp']} pp of FP32"]
+    return _table_end(lines, r, f"set-up {r['setup_wall_s']} s, whole check {r['wall_s']} s wall ({r['note']})",
+                      f"ok: FP32 agreement >= {r['min_fp32_agreement']:.1%}, INT8 on ARM within {r['max_drop_pp']} pp "
+                      f"of FP32")
+
+
+def _row_name(row: dict, width: int) -> str:
+    name = str(Path(row["folder"]).name + "/" + Path(row["file"]).name)[-(width - 1):]
+    return f"{name:<{width}}"
+
+
+def _table_end(lines: List[str], r: dict, timing: str, ok: str) -> str:
+    lines += ["", timing]
+    lines += [f"FAIL: {f}" for f in r["failures"]] or [ok]
     return "\n".join(lines)
 
 
@@ -458,7 +468,7 @@ def export_check(fp32: Path, int8: Optional[Path], data: str, *, subset: int = D
     by = {row["precision"]: row for row in r["rows"]}
     out = {"board": board, "cpu": f"{BOARDS[board]['name']} ({BOARDS[board]['core']}, emulated by qemu-aarch64)",
            "onnxruntime": r["emulated_cpu"]["onnxruntime"], "hwcap": r["emulated_cpu"]["hwcap"],
-           "subset": subset, "split": "test"}
+           "subset": subset, "split": TEST}
     for k, row in by.items():
         out[k] = {key: row[key] for key in ("arm_accuracy", "x86_accuracy", "agreement", "images")}
     if "int8" in by:
@@ -466,3 +476,181 @@ def export_check(fp32: Path, int8: Optional[Path], data: str, *, subset: int = D
     out["fp32_agreement_ok"] = by["fp32"]["agreement"] >= MIN_FP32_AGREEMENT
     out["note"] = "accuracy only: timings under emulation are not a Raspberry Pi's speed"
     return out
+
+
+# --- cpu-check: one model on several CPU families, image by image ----------------------------------------------------
+
+X86_QEMU = "qemu-x86_64-static"
+# onnxruntime's option for x86 without VNNI: u8 x u8 kernels instead of the saturating u8 x s8 ones.
+EXACT_X86 = ("session.x64quantprecision", "1")
+# What each --cpu runs as. "family" names the INT8 kernel family (training.quantize.FAMILIES).
+CPUS: Dict[str, dict] = {
+    "native": {"kind": "host", "name": "this machine"},
+    "haswell": {"kind": "x86", "qemu_cpu": "Haswell", "family": "x86-avx2",
+                "name": "Intel Haswell (AVX2, FMA, no VNNI), qemu-x86_64"},
+    "nehalem": {"kind": "x86", "qemu_cpu": "Nehalem", "family": "x86-avx2",
+                "name": "Intel Nehalem (SSE4.2, no AVX), qemu-x86_64"},
+    "vnni": {"kind": "vnni", "family": "x86-vnni", "name": "x86 with VNNI"},
+    "pi4": {"kind": "arm", "board": "pi4", "family": "arm64", "name": "Raspberry Pi 4 (Cortex-A72), qemu-aarch64"},
+    "pi5": {"kind": "arm", "board": "pi5", "family": "arm64", "name": "Raspberry Pi 5 (Cortex-A76), qemu-aarch64"},
+}
+CPU_SETS = {"all": ("haswell", "nehalem", "vnni", "pi4"), "families": ("haswell", "vnni", "pi4")}
+FAMILY_CPU = {"x86-avx2": "haswell", "x86-vnni": "vnni", "arm64": "pi4"}
+
+
+def host_family() -> str:
+    from .cpu import detect_cpu
+    c = detect_cpu()
+    if c.get("arm"):
+        return "arm64"
+    return "x86-vnni" if c.get("avx512_vnni") or c.get("avx_vnni") else "x86-avx2"
+
+
+def parse_cpus(spec: str) -> List[str]:
+    """--cpu haswell,pi4 | all | families -> CPU names (native is always run: it is what the others match)."""
+    names: List[str] = []
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        for n in CPU_SETS.get(part, (part,)):
+            if n not in CPUS:
+                raise ArmError(f"--cpu {part!r}: choose from {', '.join([*CPUS, *CPU_SETS])}")
+            if n not in names and n != "native":
+                names.append(n)
+    return names
+
+
+def cpu_runner(name: str, arm_env: Optional[dict] = None) -> dict:
+    """How `name` is run on this host: the argv prefix before `-m edgefashion ...`, its environment, extra
+    eval options, and a description that says whether it is emulated, native or the exact reference."""
+    spec = CPUS[name]
+    host_env = {**os.environ, "PYTHONPATH": str(PACKAGE_DIR.parent)}
+    native = host_family()
+    if spec["kind"] == "host" or (spec["kind"] == "vnni" and native == "x86-vnni"):
+        return {"cpu": name, "family": native, "how": "native", "prefix": [sys.executable], "env": host_env,
+                "eval": [], "name": f"{spec['name']} ({native}, native)" if name == "vnni" else f"this machine ({native})"}
+    if spec["kind"] == "vnni":
+        if native == "arm64":
+            raise ArmError("--cpu vnni needs an x86-64 host (natively with VNNI, else its exact u8u8 kernels)")
+        return {"cpu": name, "family": "x86-vnni", "how": "exact reference", "prefix": [sys.executable],
+                "env": host_env, "eval": ["--ort-config", "=".join(EXACT_X86)],
+                "name": "x86 with VNNI, exact reference: this host's u8u8 kernels (session.x64quantprecision=1), "
+                        "which compute VNNI's 32-bit sums; qemu has no VNNI"}
+    if spec["kind"] == "x86":
+        if os.uname().machine != "x86_64":
+            raise ArmError(f"--cpu {name} emulates x86-64 with the host's Python: it needs an x86-64 host")
+        qemu = which(X86_QEMU, "apt-get install qemu-user-static")
+        return {"cpu": name, "family": spec["family"], "how": "emulated", "env": host_env, "eval": [],
+                "prefix": [qemu, "-cpu", spec["qemu_cpu"], sys.executable], "name": spec["name"]}
+    if arm_env is None:
+        raise ArmError(f"--cpu {name}: the aarch64 set-up is missing")
+    return {"cpu": name, "family": "arm64", "how": "emulated", "env": emulated_env(arm_env), "eval": [],
+            "prefix": emulated_command(arm_env, [], spec["board"]), "name": spec["name"]}
+
+
+def eval_on(runner: dict, model: Path, data: str, subset: int, out: Path, *, data_dir: Optional[str] = None,
+            threads: int = 1) -> dict:
+    """edgefashion's own `eval --predictions` of `model` as `runner` runs it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [*runner["prefix"], *eval_args(model, data, subset, out, data_dir=data_dir, threads=threads),
+           *runner["eval"]]
+    t0 = time.perf_counter()
+    p = _run(cmd, f"edgefashion eval of {model} on {runner['cpu']} ({runner['how']})", env=runner["env"])
+    wall = time.perf_counter() - t0
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    preds = json.loads(out.read_text())
+    return {"accuracy": r["accuracy"], "images": r["images"], "predicted": preds["predicted"],
+            "truth": preds["truth"], "wall_s": round(wall, 1)}
+
+
+def claimed_families(path: Path) -> List[str]:
+    """The CPU families an INT8 file says its answers hold on (its quantization target), from its metadata."""
+    from .classifier import read_meta
+    q = read_meta(path).extra.get("quantization") or {}
+    if q.get("target_families"):
+        return list(q["target_families"])
+    isa = str(q.get("isa", ""))
+    # Files from before export targets: the family of the CPU that chose their settings.
+    if "arm" in isa:
+        return ["arm64"]
+    return ["x86-vnni"] if "vnni" in isa and "no-vnni" not in isa else ["x86-avx2"]
+
+
+def cpu_check(models: Sequence[str], cpus: Sequence[str], *, subset: int = DEFAULT_SUBSET,
+              data: Optional[str] = None, data_dir: Optional[str] = None, threads: int = 1,
+              max_drop: float = DEFAULT_MAX_DROP, cache: Optional[Path] = None,
+              log: Callable[[str], None] = print) -> dict:
+    """Score every model file natively and on each of `cpus`; compare each with native image by image.
+
+    Failures: an FP32 file whose predictions agree with native on fewer than MIN_FP32_AGREEMENT of the images;
+    an INT8 file that disagrees on any image on a CPU of a family it claims (its quantization target); an INT8
+    file more than `max_drop` points below its FP32 twin on the same CPU."""
+    if subset < 1:
+        raise ArmError(f"--subset must be positive, got {subset}")
+    files = model_files(models)
+    if not files:
+        raise ArmError("no models: pass --model FILE_OR_EXPORT_FOLDER")
+    t0 = time.perf_counter()
+    arm_env = setup(cache, log=log) if any(CPUS[c]["kind"] == "arm" for c in cpus) else None
+    runners = [cpu_runner("native")] + [cpu_runner(c, arm_env) for c in cpus]
+    rows: List[dict] = []
+    with tempfile.TemporaryDirectory(prefix="edgefashion-cpu-") as tmp:
+        for i, f in enumerate(files):
+            ds = data or model_dataset(f)
+            prec = precision_of(f)
+            claims = claimed_families(f) if prec == "int8" else []
+            base = None
+            for r in runners:
+                log(f"cpu-check: {f.parent.name}/{f.name} on {r['cpu']} ({r['how']}), up to {subset} {ds} images")
+                res = eval_on(r, f, ds, subset, Path(tmp) / f"{i}-{r['cpu']}.json", data_dir=data_dir,
+                              threads=threads)
+                base = base or res
+                c = compare(base, res)
+                rows.append({"file": str(f), "folder": str(f.parent), "precision": prec, "data": ds,
+                             "cpu": r["cpu"], "family": r["family"], "how": r["how"], "cpu_name": r["name"],
+                             "images": c["images"], "accuracy": res["accuracy"],
+                             "native_accuracy": base["accuracy"], "agreement": c["agreement"],
+                             "disagreements": c["disagreements"], "claimed": r["family"] in claims,
+                             "wall_s": res["wall_s"]})
+    fails = cpu_guard(rows, max_drop)
+    return {"host": {"python": sys.version.split()[0], "machine": os.uname().machine, "family": host_family(),
+                     **host_versions()},
+            "cpus": {r["cpu"]: {"family": r["family"], "how": r["how"], "name": r["name"]} for r in runners},
+            "subset": subset, "split": TEST, "max_drop_pp": max_drop, "min_fp32_agreement": MIN_FP32_AGREEMENT,
+            "rows": rows, "failures": fails, "ok": not fails, "wall_s": round(time.perf_counter() - t0, 1),
+            "note": "accuracy and agreement only: timings under emulation are qemu's, not the emulated CPU's speed"}
+
+
+def cpu_guard(rows: Sequence[dict], max_drop: float = DEFAULT_MAX_DROP) -> List[str]:
+    fails = []
+    fp32 = {(r["folder"], r["cpu"]): r for r in rows if r["precision"] == "fp32"}
+    for r in rows:
+        name = f"{Path(r['folder']).name}/{Path(r['file']).name} on {r['cpu']}"
+        if r["precision"] == "fp32" and r["agreement"] < MIN_FP32_AGREEMENT:
+            fails.append(f"{name}: FP32 top-1 agreement with native {r['agreement']:.2%} < {MIN_FP32_AGREEMENT:.1%}")
+        if r["precision"] != "int8":
+            continue
+        if r["claimed"] and r["disagreements"]:
+            fails.append(f"{name}: {r['disagreements']} of {r['images']} predictions differ from native on "
+                         f"{r['family']}, a CPU family this file's quantization target claims")
+        twin = fp32.get((r["folder"], r["cpu"]))
+        if twin is not None:
+            r["drop_pp"] = round((twin["accuracy"] - r["accuracy"]) * 100, 4)
+            if r["drop_pp"] > max_drop:
+                fails.append(f"{name}: INT8 accuracy {r['accuracy']:.4f} is {r['drop_pp']:.2f} pp below FP32 "
+                             f"{twin['accuracy']:.4f} (limit {max_drop} pp)")
+    return fails
+
+
+def format_cpu_table(r: dict) -> str:
+    lines = [f"host: {r['host']['machine']} ({r['host']['family']}), onnxruntime {r['host'].get('onnxruntime')}",
+             *[f"  {k}: {v['name']} [{v['how']}]" for k, v in r["cpus"].items()],
+             f"subset: up to {r['subset']} images of each model's test split (eval --limit, stratified, seeded)", "",
+             f"{'file':<40}{'prec':>5}{'cpu':>9}{'family':>10}{'images':>7}{'acc':>9}{'agree':>9}{'differ':>7}"
+             f"{'claimed':>8}{'drop':>9}"]
+    for row in r["rows"]:
+        drop = f"{row['drop_pp']:+.2f}pp" if "drop_pp" in row else "-"
+        lines.append(f"{_row_name(row, 40)}{row['precision']:>5}{row['cpu']:>9}{row['family']:>10}{row['images']:>7}"
+                     f"{row['accuracy']:>9.4f}{row['agreement']:>9.2%}{row['disagreements']:>7}"
+                     f"{('yes' if row['claimed'] else '-'):>8}{drop:>9}")
+    return _table_end(lines, r, f"whole check {r['wall_s']} s wall ({r['note']})",
+                      "ok: INT8 files give native's answers on every family they claim; FP32 agreement >= "
+                      f"{r['min_fp32_agreement']:.1%}; INT8 within {r['max_drop_pp']} pp of FP32 on each CPU")

@@ -1,0 +1,163 @@
+"""Run the camera benchmark: `edgefashion camera --headless --json --threads 1` on the labelled video that
+make_videos.py made, for each model and region of interest, and score what the camera showed.
+
+Scores (a frame "shows" its top label when the smoothed top probability reaches the threshold, else
+'uncertain', exactly as the camera decides):
+- frame_accuracy: garment frames showing the right label;
+- item_majority_accuracy: items whose most shown label over their frames ('uncertain' included) is right;
+- frame_top1: garment frames whose top label is right, uncertain or not;
+- garment_uncertain: garment frames showing 'uncertain';
+- background_uncertain: background-only frames showing 'uncertain' (the right answer there);
+- fps: the camera's own frames per second (decode + preprocess + inference + JSON, 1 thread).
+The camera's JSON carries the smoothed top-3, so other thresholds are scored from the same run (`sweep`).
+
+    python benchmarks/camera/run.py [--model M.onnx ...] [--roi full,center:0.7] [--name NAME]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+DEFAULT_MODEL = REPO / "export" / "resnet10-clothing-small" / "model.int8.onnx"
+DEFAULT_ROIS = "full,center:0.9,center:0.8,center:0.7,center:0.6,center:0.5"
+SWEEP = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def run_camera(model: Path, video: Path, roi: str, threshold: float, extra=()) -> tuple:
+    cmd = [sys.executable, "-m", "edgefashion", "camera", "--model", str(model), "--source", str(video),
+           "--headless", "--json", "--threads", "1", "--roi", roi, "--threshold", str(threshold), *extra]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+    if p.returncode != 0:
+        sys.exit(f"{' '.join(cmd)}\nexited {p.returncode}: {p.stderr.strip()[-500:]}")
+    rows = [json.loads(line) for line in p.stdout.splitlines() if line.strip()]
+    return [r for r in rows if "frame" in r], rows[-1]["summary"], cmd
+
+
+def score(frames: list, labels: dict, threshold: float) -> dict:
+    truth, item = labels["truth"], labels["item"]
+    if len(frames) != len(truth):
+        raise SystemExit(f"the camera classified {len(frames)} frames, the labels have {len(truth)}")
+    shown = [f["top"][0]["label"] if f["top"][0]["prob"] >= threshold else "uncertain" for f in frames]
+    top1 = [f["top"][0]["label"] for f in frames]
+    g = [i for i, t in enumerate(truth) if t is not None]
+    b = [i for i, t in enumerate(truth) if t is None]
+    by_item: dict = {}
+    for i in g:
+        by_item.setdefault(item[i], []).append(i)
+    majority = [Counter(shown[i] for i in idx).most_common(1)[0][0] == truth[idx[0]] for idx in by_item.values()]
+    return {
+        "threshold": threshold,
+        "frame_accuracy": round(sum(shown[i] == truth[i] for i in g) / len(g), 4),
+        "item_majority_accuracy": round(sum(majority) / len(majority), 4),
+        "frame_top1": round(sum(top1[i] == truth[i] for i in g) / len(g), 4),
+        "garment_uncertain": round(sum(shown[i] == "uncertain" for i in g) / len(g), 4),
+        "background_uncertain": round(sum(shown[i] == "uncertain" for i in b) / len(b), 4) if b else None,
+        "garment_frames": len(g), "background_frames": len(b), "items": len(majority),
+    }
+
+
+def write_md(results: dict, path: Path) -> None:
+    lines = [f"# Camera benchmark: {results['video']}", "",
+             f"{results['labels']['frames']} frames ({results['labels']['items']} items x {results['labels']['hold']} "
+             f"frames, {results['runs'][0]['scores']['background_frames']} background-only frames), 640x480; "
+             f"`edgefashion camera --headless --json --threads 1`, threshold {results['threshold']}, smoothing "
+             f"as the camera's default. Made by `{results['command']}` on {results['machine']}.", "",
+             "| model | roi | frames right | item majority right | top-1 (any confidence) | garment uncertain "
+             "| background uncertain | FPS |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in results["runs"]:
+        s = r["scores"]
+        lines.append(f"| {r['name']} | {r['roi']} | {s['frame_accuracy']:.1%} | {s['item_majority_accuracy']:.1%} | "
+                     f"{s['frame_top1']:.1%} | {s['garment_uncertain']:.1%} | {s['background_uncertain']:.1%} | "
+                     f"{r['fps']} |")
+    lines += ["", "Other thresholds, scored from the same runs (frames right / item majority / background "
+                  "uncertain):", "",
+              "| model | roi | " + " | ".join(f"t={t}" for t in SWEEP) + " |",
+              "| --- | --- | " + " | ".join("---" for _ in SWEEP) + " |"]
+    for r in results["runs"]:
+        cells = [f"{s['frame_accuracy']:.0%} / {s['item_majority_accuracy']:.0%} / {s['background_uncertain']:.0%}"
+                 for s in r["sweep"]]
+        lines.append(f"| {r['name']} | {r['roi']} | " + " | ".join(cells) + " |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    runs = results["runs"]
+    names = sorted({r["name"] for r in runs}, key=[r["name"] for r in runs].index)
+    metrics = [("frame_accuracy", "frames showing the right label"),
+               ("item_majority_accuracy", "items: majority label right"),
+               ("background_uncertain", "background-only frames 'uncertain'")]
+    fig, axes = plt.subplots(1, len(names), figsize=(max(8.0, 6.5 * len(names)), 4.6), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        rs = [r for r in runs if r["name"] == name]
+        x = range(len(rs))
+        w = 0.27
+        for k, (key, lab) in enumerate(metrics):
+            ax.bar([i + (k - 1) * w for i in x], [r["scores"][key] for r in rs], w, label=lab)
+        ax.set_xticks(list(x), [r["roi"] for r in rs], rotation=20)
+        ax.set_ylim(0, 1)
+        ax.axhline(0.8, color="grey", lw=0.8, ls="--")
+        ax.set_title(f"{name} (threshold {results['threshold']})")
+        ax.set_xlabel("--roi")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(loc="upper left", fontsize=8)
+    fig.suptitle("edgefashion camera benchmark: clothing-small test garments over held-out scenes, 640x480",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--video", default=str(HERE / "videos" / "bench.mp4"))
+    ap.add_argument("--model", action="append", default=None, help="Model file (repeatable) [default: bundled].")
+    ap.add_argument("--name", action="append", default=None, help="A name per --model for the table.")
+    ap.add_argument("--roi", default=DEFAULT_ROIS, help="Comma-separated list; split on ';' for X,Y,W,H ROIs.")
+    ap.add_argument("--threshold", type=float, default=0.5)
+    ap.add_argument("--out", default=str(HERE / "results"), help="Writes OUT.json, OUT.md and OUT.png.")
+    args = ap.parse_args()
+    video = Path(args.video)
+    labels = json.loads(video.with_suffix(".labels.json").read_text())
+    models = [Path(m) for m in (args.model or [DEFAULT_MODEL])]
+    names = args.name or [m.parent.name for m in models]
+    rois = args.roi.split(";") if ";" in args.roi else args.roi.split(",")
+    runs = []
+    for model, name in zip(models, names):
+        for roi in rois:
+            t = time.perf_counter()
+            frames, summary, cmd = run_camera(model, video, roi, args.threshold)
+            s = score(frames, labels, args.threshold)
+            runs.append({"name": name, "model": str(model), "roi": roi, "scores": s, "fps": summary["fps"],
+                         "latency_ms": summary["latency_ms"], "sweep": [score(frames, labels, th) for th in SWEEP],
+                         "command": " ".join(["edgefashion", *cmd[3:]])})
+            print(f"{name} roi={roi}: frames right {s['frame_accuracy']:.3f}, item majority "
+                  f"{s['item_majority_accuracy']:.3f}, top-1 {s['frame_top1']:.3f}, background uncertain "
+                  f"{s['background_uncertain']:.3f}, {summary['fps']} FPS ({time.perf_counter() - t:.0f} s)",
+                  flush=True)
+    results = {"video": video.name, "threshold": args.threshold, "machine": f"{platform.node()} "
+               f"({platform.processor() or platform.machine()})", "command": "python benchmarks/camera/run.py " +
+               " ".join(sys.argv[1:]), "labels": {k: labels[k] for k in ("frames", "items", "hold", "seed",
+                                                                         "backgrounds")}, "runs": runs}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+    write_md(results, out.with_suffix(".md"))
+    plot(results, out.with_suffix(".png"))
+    print(f"wrote {out.with_suffix('.json')}, .md, .png")
+
+
+if __name__ == "__main__":
+    main()

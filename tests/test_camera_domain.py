@@ -1,0 +1,127 @@
+"""Camera-domain data (issue 16): garment mattes, the background photographs and their train/held-out split,
+the `--augment camera` training augmentation, and the camera benchmark's generator and scoring."""
+import hashlib
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import REPO, data_root
+from edgefashion.data import scene
+
+torch = pytest.importorskip("torch")
+
+
+def _blob_on_bed(seed=0, side=96):
+    """A dark garment-like blob on a light, slightly textured background, BGR uint8; and its true mask."""
+    rng = np.random.default_rng(seed)
+    img = np.clip(rng.normal(215, 6, (side, side, 3)), 0, 255).astype(np.uint8)
+    mask = np.zeros((side, side), np.uint8)
+    cv2.ellipse(mask, (side // 2, side // 2), (side // 4, side // 3), 0, 0, 360, 1, -1)
+    img[mask == 1] = (40, 60, 150)
+    return img, mask
+
+
+def test_garment_mask_cuts_the_garment_out_and_keeps_flat_photos_whole():
+    img, truth = _blob_on_bed()
+    a = scene.garment_mask(img)
+    assert a.shape == truth.shape and a.dtype == np.float32 and 0 <= a.min() and a.max() <= 1
+    m = a > 0.5
+    iou = (m & (truth == 1)).sum() / (m | (truth == 1)).sum()
+    assert iou > 0.85
+    assert np.array_equal(a, scene.garment_mask(img))  # seeded: the same matte every time
+    flat = np.full((64, 64, 3), 128, np.uint8)
+    assert scene.garment_mask(flat).min() > 0.5  # nothing to cut: the whole photo is kept
+    assert scene.bbox(a) == scene.bbox((truth == 1).astype(np.float32)) or iou > 0.85
+
+
+def test_background_sets_are_disjoint_documented_and_never_heldout_in_training():
+    train, held = scene.background_paths("train"), scene.background_paths("heldout")
+    assert len(train) >= 10 and len(held) >= 5
+    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    assert not {digest(p) for p in train} & {digest(p) for p in held}
+    readme = (scene.BACKGROUND_DIR / "README.md").read_text()
+    for p in train + held:
+        assert f"`{p.name}` | {p.parent.name} |" in readme, p.name
+    with pytest.raises(ValueError):
+        scene.background_paths("test")
+    from edgefashion.training import camera_aug
+    pool = camera_aug.CameraAugment().pool(32, 3, "cpu")
+    assert pool.shape == (len(train) * camera_aug.POOL_PER_PHOTO * 2, 3, 32, 32)  # and their mirror images
+
+
+def test_camera_augment_is_deterministic_composites_and_stays_in_range():
+    from edgefashion.meta import photo_meta
+    from edgefashion.training.datasets import batch_to_input
+    from edgefashion.training import camera_aug
+    imgs = [_blob_on_bed(i, 48)[0][:, :, ::-1] for i in range(12)]
+    xb = torch.from_numpy(np.stack(imgs).transpose(0, 3, 1, 2).copy())
+    meta = photo_meta("x", [str(i) for i in range(10)], 48)
+    outs = []
+    for _ in range(2):
+        g = torch.Generator().manual_seed(5)
+        outs.append(batch_to_input(xb, meta, "camera", g))
+    assert outs[0].shape == (12, 3, 48, 48) and torch.isfinite(outs[0]).all()
+    assert torch.equal(outs[0], outs[1])  # a resumed run augments exactly as an uninterrupted one
+    # Composite directly: the garment sits on a background that is no longer the photo's light bed.
+    g = torch.Generator().manual_seed(1)
+    x = xb.float() / 255
+    camera_aug.P_COMPOSITE, saved = 1.0, camera_aug.P_COMPOSITE
+    try:
+        y = camera_aug.camera_augment(x, xb, g, lambda t: t)
+    finally:
+        camera_aug.P_COMPOSITE = saved
+    assert y.min() >= 0 and y.max() <= 1
+    corners = torch.cat([y[:, :, :6, :6].flatten(1), y[:, :, -6:, -6:].flatten(1)], 1)
+    bed = torch.cat([x[:, :, :6, :6].flatten(1), x[:, :, -6:, -6:].flatten(1)], 1)
+    assert (corners - bed).abs().mean() > 0.1
+    assert len(camera_aug.state().mattes) >= 12
+
+
+def test_train_with_camera_augmentation(tmp_path):
+    if not (data_root() / "clothing-small").is_dir():
+        pytest.skip("clothing-small not found: set EDGEFASHION_DATA")
+    from edgefashion.training.train import TrainConfig, fit
+    res = fit(TrainConfig(model="cnn4", data="clothing-small", data_dir=str(data_root()), img_size=32, in_chans=3,
+                          limit=60, epochs=1, batch_size=32, augment="camera"), tmp_path / "run", progress=False,
+              log=lambda *a: None)
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["augment"] == "camera" and 0 <= res["test_accuracy"] <= 1
+
+
+def _load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_benchmark_video_is_labelled_and_scored(tmp_path):
+    if not (data_root() / "clothing-small").is_dir():
+        pytest.skip("clothing-small not found: set EDGEFASHION_DATA")
+    out = tmp_path / "b.mp4"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "camera" / "make_videos.py"), "--out", str(out),
+                    "--limit", "4", "--hold", "3", "--bg-every", "2", "--data-dir", str(data_root())], check=True,
+                   capture_output=True)
+    labels = json.loads(out.with_suffix(".labels.json").read_text())
+    assert labels["frames"] == 4 * 3 + 2 * 3 and labels["truth"].count(None) == 6
+    assert set(labels["backgrounds"]) == {p.name for p in scene.background_paths("heldout")}
+    cap = cv2.VideoCapture(str(out))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    assert n == labels["frames"] and cap.get(cv2.CAP_PROP_FRAME_WIDTH) == 640
+    run = _load(REPO / "benchmarks" / "camera" / "run.py", "camera_bench_run")
+    truth = labels["truth"]
+    # A camera that is right and sure on garments, unsure on background: everything scores 1.
+    frames = [{"top": [{"label": t or "hat", "prob": 0.9 if t else 0.2}]} for t in truth]
+    s = run.score(frames, labels, 0.5)
+    assert s["frame_accuracy"] == s["item_majority_accuracy"] == s["background_uncertain"] == 1.0
+    assert s["items"] == 4 and s["garment_frames"] == 12
+    s = run.score(frames, labels, 0.95)  # too strict a threshold: every garment frame is 'uncertain'
+    assert s["frame_accuracy"] == 0 and s["garment_uncertain"] == 1 and s["frame_top1"] == 1

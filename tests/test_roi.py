@@ -1,0 +1,166 @@
+"""The runtime region of interest (issue 16): `--roi full|center:F|X,Y,W,H` for camera, predict and eval, the
+model's camera default in its metadata, the guide box on the overlay, and a camera source with no readable frame.
+
+Torch-free: the model is a small real ONNX classifier written with the onnx package (random weights; these tests
+check geometry and plumbing, not accuracy)."""
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from edgefashion.meta import PHOTO_CAMERA_ROI, MetaError, ModelMeta, Roi, fashion_mnist_meta, photo_meta
+from edgefashion.runtime.camera import FrameRunner
+from edgefashion.runtime.classifier import Classifier
+from edgefashion.runtime.preprocess import crop_roi, preprocess
+
+LABELS = ["dress", "hat", "longsleeve", "outwear", "pants", "shirt", "shoes", "shorts", "skirt", "t-shirt"]
+
+
+def tiny_photo_model(path: Path, roi=None, drop_roi_key=False) -> Path:
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    n = 3 * 32 * 32
+    w = numpy_helper.from_array(rng.normal(0, 0.05, (n, 10)).astype(np.float32), "W")
+    b = numpy_helper.from_array(np.zeros(10, np.float32), "B")
+    shape = numpy_helper.from_array(np.asarray([-1, n], np.int64), "S")
+    g = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "S"], ["f"]), helper.make_node("Gemm", ["f", "W", "B"], ["logits"])],
+        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 10])], [w, b, shape])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    meta = photo_meta("tiny", LABELS, 32, dataset="clothing-small")
+    if roi is not None:
+        meta = meta.replace(roi=roi)
+    props = meta.to_onnx_props()
+    if drop_roi_key:  # a file exported before ModelMeta had `roi`
+        d = json.loads(props["edgefashion"])
+        del d["roi"]
+        props["edgefashion"] = json.dumps(d)
+    helper.set_model_props(m, props)
+    onnx.save(m, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def frame():
+    """A 640x480 frame: a bright square in the middle of a dark, textured scene."""
+    rng = np.random.default_rng(1)
+    f = rng.integers(0, 90, (480, 640, 3), dtype=np.uint8)
+    f[140:340, 220:420] = (40, 200, 250)
+    return f
+
+
+def test_roi_parse_and_boxes():
+    assert Roi.parse(None).is_full and Roi.parse("full").box(480, 640) == (0, 0, 640, 480)
+    c = Roi.parse("center:0.7")
+    assert str(c) == "center:0.7" and c.box(480, 640) == (152, 72, 488, 408)  # 336 = 0.7 x 480, centred
+    assert Roi.parse("centre:1").box(480, 640) == (80, 0, 560, 480)
+    assert Roi.parse("10,20,100,50").box(480, 640) == (10, 20, 110, 70)
+    assert Roi.parse("0.25,0.5,0.5,0.5").box(480, 640) == (160, 240, 480, 480)
+    assert Roi.parse("600,400,100,100").box(480, 640) == (600, 400, 640, 480)  # clipped to the frame
+    for bad in ("center:0", "center:1.5", "center:x", "1,2,3", "0,0,0,10", "0.5,0.5,2.0,0.5", "corner", "-1,0,5,5"):
+        with pytest.raises(ValueError, match="ROI"):
+            Roi.parse(bad)
+    with pytest.raises(ValueError, match="outside the 640x480 frame"):
+        Roi.parse("700,10,50,50").box(480, 640)
+
+
+def test_meta_records_the_camera_roi_and_old_files_read_full():
+    m = photo_meta("x", ["a", "b"], 64)
+    assert m.roi == PHOTO_CAMERA_ROI and ModelMeta.from_json(m.to_json()) == m
+    d = m.to_dict()
+    del d["roi"]
+    assert ModelMeta.from_dict(d).roi == "full"
+    # Fashion-MNIST models keep their own rule (the object is found by the domain mapping): the whole frame.
+    assert fashion_mnist_meta("cnn4", list("abcdefghij")).roi == "full"
+    with pytest.raises(MetaError, match="roi"):
+        m.replace(roi="center:2")
+
+
+def test_crop_is_a_view_and_preprocess_uses_it(frame):
+    view = crop_roi(frame, "center:0.5")
+    assert view.base is frame or np.shares_memory(view, frame)
+    assert view.shape == (240, 240, 3) and crop_roi(frame, "full") is frame
+    meta = photo_meta("x", LABELS, 32)
+    assert np.array_equal(preprocess([frame], meta, "center:0.5"), preprocess([frame[120:360, 200:440]], meta))
+
+
+def test_frame_runner_roi_matches_preprocess(tmp_path, frame):
+    clf = Classifier(tiny_photo_model(tmp_path / "m.onnx"), threads=1)
+    for roi in ("full", "center:0.7", "100,50,300,200", "0.1,0.1,0.5,0.9"):
+        r = FrameRunner(clf, roi)
+        r.preprocess(frame)
+        assert np.array_equal(r.x, preprocess([frame], clf.meta, roi)), roi
+
+
+def _video(path: Path, frame: np.ndarray, n: int = 6) -> Path:
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30, (640, 480))
+    for _ in range(n):
+        w.write(frame)
+    w.release()
+    return path
+
+
+def _summary(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])["summary"]
+
+
+def test_camera_roi_default_from_metadata_option_and_guide_box(tmp_path, frame):
+    video = _video(tmp_path / "clip.mp4", frame)
+    model = tiny_photo_model(tmp_path / "m.onnx", roi="center:0.5")
+    old = tiny_photo_model(tmp_path / "old.onnx", drop_roi_key=True)
+    assert Classifier(old).meta.roi == "full"
+    base = ("camera", "--source", video, "--headless", "--json", "--threads", "1")
+    assert _summary(run_cli(*base, "--model", model).stdout)["roi"] == "center:0.5"
+    assert _summary(run_cli(*base, "--model", old).stdout)["roi"] == "full"
+    rec = tmp_path / "rec.mp4"
+    s = _summary(run_cli(*base, "--model", model, "--roi", "0,0,320,240", "--record", rec).stdout)
+    assert s["roi"] == "0,0,320,240" and s["frames"] == 6
+    # The guide box's corner brackets are drawn at the ROI's bottom-right corner (319, 239), in colour.
+    cap = cv2.VideoCapture(str(rec))
+    ok, shown = cap.read()
+    assert ok
+    patch = shown[230:240, 300:320].astype(int)
+    assert (patch[..., 1] > 150).any() and (np.abs(patch[..., 1] - patch[..., 0]) > 60).any()
+    p = run_cli(*base, "--model", model, "--roi", "center:3", check=False)
+    assert p.returncode == 1 and "center:3" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_predict_and_eval_accept_roi(tmp_path, frame):
+    model = tiny_photo_model(tmp_path / "m.onnx")
+    img = tmp_path / "scene.png"
+    cv2.imwrite(str(img), frame)
+    crop = tmp_path / "crop.png"
+    cv2.imwrite(str(crop), frame[120:360, 200:440])
+    a = json.loads(run_cli("predict", img, "--model", model, "--json", "--roi", "center:0.5").stdout)
+    b = json.loads(run_cli("predict", crop, "--model", model, "--json").stdout)
+    assert a["top"] == b["top"]
+    full = json.loads(run_cli("predict", img, "--model", model, "--json").stdout)
+    assert full["top"] != a["top"]
+    # eval on a class folder: the roi is applied to every image and reported
+    for c in ("hat", "pants"):
+        (tmp_path / "set" / c).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "set" / c / "a.png"), frame)
+    r = json.loads(run_cli("eval", "--model", model, "--data", tmp_path / "set", "--split", "all", "--json",
+                           "--roi", "center:0.5").stdout)
+    assert r["roi"] == "center:0.5" and r["images"] == 2
+    p = run_cli("predict", img, "--model", model, "--roi", "900,900,10,10", check=False)
+    assert p.returncode == 1 and "outside the 640x480 frame" in p.stderr
+
+
+def test_camera_source_without_a_readable_frame_fails_naming_it(tmp_path):
+    model = tiny_photo_model(tmp_path / "m.onnx")
+    bad = tmp_path / "broken"
+    bad.mkdir()
+    (bad / "a.jpg").write_bytes(b"not a jpeg")
+    (bad / "b.png").write_bytes(b"\x89PNG nope")
+    p = run_cli("camera", "--model", model, "--source", bad, "--headless", check=False)
+    assert p.returncode == 1, p.stdout
+    last = p.stderr.strip().splitlines()[-1]
+    assert str(bad) in last and "0 frames" in last and "none of its 2 image(s) could be read" in last
+    assert "Traceback" not in p.stderr and "0 frames in" not in p.stdout
