@@ -34,8 +34,7 @@ demo: setup-runtime
 	@if [ -n "$${DISPLAY:-}" ] && [ -e /dev/video0 ]; then \
 		$(VENV)/bin/edgefashion camera --model $(DEMO_MODEL) --source 0; \
 	else \
-		echo "no display or no webcam: running the simulated camera (--source demo) headless"; \
-		$(VENV)/bin/edgefashion data download clothing-small || exit 1; \
+		echo "no display or no webcam: running the simulated camera (--source demo: the package's own test photos held up in front of real scenes) headless"; \
 		$(VENV)/bin/edgefashion camera --model $(DEMO_MODEL) --source demo --headless --max-frames 500; \
 	fi
 

@@ -138,6 +138,9 @@ def zoo(domain, as_json):
 @click.option("--mixup", type=float, default=None, help="Mixup Beta alpha, 0 = off [default: the model's recipe].")
 @click.option("--cutmix", type=float, default=None,
               help="CutMix Beta alpha, 0 = off; with --mixup too, each batch takes one of them at random.")
+@click.option("--empty-frames", type=float, default=None,
+              help="With --augment camera: the share of each batch made garment-free scenes, trained to be "
+                   "'uncertain' (outlier exposure) [default: 0.1 with camera, else 0].")
 @click.option("--img-size", type=int, default=None, help="Square input size [default: the model's].")
 @click.option("--in-chans", type=click.Choice(["1", "3"]), default=None, help="[default: 1 for Fashion-MNIST, 3 for photos]")
 @click.option("--val-fraction", type=float, default=0.2, show_default=True,
@@ -158,7 +161,7 @@ def zoo(domain, as_json):
                    "--batch-size is per process.")
 @_fails_with_message(_training_errors, interrupt=True)
 def train(model, data, data_dir, epochs, batch_size, lr, optimizer, momentum, weight_decay, scheduler,
-          warmup_epochs, early_stopping, patience, augment, label_smoothing, mixup, cutmix, img_size, in_chans, val_fraction,
+          warmup_epochs, early_stopping, patience, augment, label_smoothing, mixup, cutmix, empty_frames, img_size, in_chans, val_fraction,
           limit, seed, device, no_amp, pretrained, init_weights, out, resume, quiet, nproc):
     """Train a zoo model; writes a run folder with config.json, metrics.csv, best.pt, last.pt, results.json,
     curves.png and confusion_matrix.png.
@@ -177,7 +180,7 @@ def train(model, data, data_dir, epochs, batch_size, lr, optimizer, momentum, we
     cfg = TrainConfig(model=model, data=data, data_dir=data_dir, epochs=epochs, batch_size=batch_size, lr=lr,
                       optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, scheduler=scheduler,
                       warmup_epochs=warmup_epochs, early_stopping=early_stopping, patience=patience,
-                      augment=augment, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix, img_size=img_size,
+                      augment=augment, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix, empty_frames=empty_frames, img_size=img_size,
                       in_chans=int(in_chans) if in_chans else None, val_fraction=val_fraction, limit=limit,
                       seed=seed, device=device, amp=not no_amp, pretrained=pretrained, init_weights=init_weights)
     fit(cfg, out, resume=resume, progress=not quiet)
@@ -328,10 +331,15 @@ def reproduce(suite, epochs_scale, device, models, data_dir, limit, img_size, ou
               help="Test images for the cross-CPU check.")
 @click.option("--allow-disagreement", is_flag=True,
               help="Keep an INT8 file that answers differently on a claimed CPU family; its metadata says so.")
+@click.option("--camera-roi", default=None, help="The camera's default region of interest written into the "
+              "files (full, center:F or X,Y,W,H) [default: the source's].")
+@click.option("--camera-threshold", type=float, default=None,
+              help="The camera's default 'uncertain' threshold written into the files, chosen on a camera-like "
+                   "validation video (benchmarks/camera/run.py --calibrate) [default: the source's].")
 @_fails_with_message(_export_errors, interrupt=True)
 def export_cmd(src, out, quantize, opset, calib_size, max_drop, allow_drop, data_dir, parity_images,
                calib_methods, latency_runs, check_arm, arm_subset, target, cpu_check, cpu_check_subset,
-               allow_disagreement):
+               allow_disagreement, camera_roi, camera_threshold):
     """Export a trained run to ONNX (model.onnx) and INT8 (model.int8.onnx), verified, with report.json and
     report.md. SRC may also be an exported model.onnx (or its folder): it is quantized again, e.g. for
     another --target, and the folder is replaced only when every check passes.
@@ -349,7 +357,8 @@ def export_cmd(src, out, quantize, opset, calib_size, max_drop, allow_drop, data
                           allow_drop=allow_drop, data_dir=data_dir, parity_images=parity_images,
                           calib_methods=methods, latency_runs=latency_runs, log=click.echo,
                           check_arm=check_arm, arm_subset=arm_subset, target=target, cpu_check=cpu_check,
-                          cpu_check_subset=cpu_check_subset, allow_disagreement=allow_disagreement)
+                          cpu_check_subset=cpu_check_subset, allow_disagreement=allow_disagreement,
+                          camera_roi=camera_roi, camera_threshold=camera_threshold)
     f, i = r["fp32"], r.get("int8")
     click.echo(f"\n{'':<8}{'size':>12}{'test acc':>10}{'val acc':>10}{'b1 t1 ms':>10}")
     for name, d in (("fp32", f), ("int8", i)):
@@ -389,6 +398,7 @@ def inspect_cmd(model_path, as_json):
     click.echo(f"labels: {', '.join(m.labels)}")
     click.echo(f"preprocessing: domain {m.domain}, resize {m.resize} ({m.interpolation}), colour {m.color}, "
                f"mean {list(m.mean)}, std {list(m.std)}")
+    click.echo(f"camera: roi {m.roi}, 'uncertain' below {m.threshold:g} (the camera's defaults)")
     if m.split:
         from .data.splits import SplitSpec
         click.echo(f"split: {SplitSpec.from_meta(m)} (how training carved the splits a data set does not ship; "
@@ -549,8 +559,9 @@ def eval_cmd(model, data, split, data_dir, as_json, plot, limit, batch_size, thr
 @click.option("--smooth", type=float, default=0.5, show_default=True,
               help="EMA weight of the newest frame's probabilities (1 = no smoothing; image folders are never "
                    "smoothed).")
-@click.option("--threshold", type=float, default=0.5, show_default=True,
-              help="Below this smoothed top probability a frame says 'uncertain' instead of guessing.")
+@click.option("--threshold", type=float, default=None,
+              help="Below this smoothed top probability a frame says 'uncertain' instead of guessing [default: "
+                   "the model's own, calibrated at export (inspect shows it), else 0.5].")
 @click.option("--retries", type=int, default=None,
               help="Reconnect attempts when a live source drops [default: $EDGEFASHION_CAMERA_RETRIES, else 5].")
 @click.option("--retry-delay", type=float, default=None,

@@ -35,6 +35,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 ROI_FULL = "full"
 # Measured on the camera benchmark (benchmarks/camera/results.md): the default of newly trained photo models.
 PHOTO_CAMERA_ROI = "center:0.7"
+# Below this smoothed top probability the camera shows 'uncertain' (ModelMeta.threshold): the default of files
+# without a calibrated one (export --camera-threshold records one chosen on a camera-like validation video).
+DEFAULT_THRESHOLD = 0.5
 
 
 class MetaError(ValueError):
@@ -56,6 +59,8 @@ class ModelMeta:
     dataset: str = ""
     # The camera's default region of interest (Roi.parse syntax); predict and eval default to the whole image.
     roi: str = ROI_FULL
+    # The camera's 'uncertain' threshold on the smoothed top probability (files made before it read as 0.5).
+    threshold: float = DEFAULT_THRESHOLD
     # How the data set's unshipped splits were carved for training (data.splits.SplitSpec as a dict:
     # val_fraction, test_fraction, seed), so `eval --split val|test` scores the images training held out.
     # Empty in files made before it was recorded: those used SplitSpec's defaults.
@@ -98,6 +103,9 @@ class ModelMeta:
             raise MetaError(f"domain must be one of {DOMAINS}, got {self.domain!r}")
         if self.interpolation not in ("area", "linear", "nearest", "cubic"):
             raise MetaError(f"unknown interpolation {self.interpolation!r}")
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
+                or not 0 <= self.threshold <= 1:
+            raise MetaError(f"metadata threshold must be a number in [0, 1], got {self.threshold!r}")
         try:
             Roi.parse(self.roi)
         except ValueError as e:

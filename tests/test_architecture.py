@@ -24,7 +24,7 @@ def _run(code):
 
 def test_runtime_modules_import_without_torch():
     p = _run("import edgefashion, edgefashion.cli, edgefashion.meta, edgefashion.data, "
-             "edgefashion.runtime.preprocess, edgefashion.runtime.plots\n"
+             "edgefashion.runtime.preprocess, edgefashion.runtime.plots, edgefashion.runtime.serve\n"
              f"assert not [m for m in sys.modules if m.split('.')[0] in {HEAVY!r}]")
     assert p.returncode == 0, p.stderr
 

@@ -94,6 +94,47 @@ def test_train_with_camera_augmentation(tmp_path):
     assert cfg["augment"] == "camera" and 0 <= res["test_accuracy"] <= 1
 
 
+def test_empty_frames_hold_no_garment_and_are_trained_towards_uncertain(tmp_path):
+    from edgefashion.meta import photo_meta
+    from edgefashion.training import camera_aug
+    from edgefashion.training.datasets import batch_to_input
+    from edgefashion.training.train import TrainConfig, resolve_config
+    meta = photo_meta("x", [str(i) for i in range(10)], 48)
+    garments = torch.from_numpy(np.stack([_blob_on_bed(i, 48)[0][:, :, ::-1] for i in range(8)]).transpose(0, 3, 1, 2).copy())
+    other = torch.flip(garments, (0,)).roll(7, dims=3)
+    empty = torch.tensor([True, False] * 4)
+
+    def augmented(xb):
+        return batch_to_input(xb, meta, "camera", torch.Generator().manual_seed(3), empty=empty)
+    # Backgrounds from the photographs only (not from the borders of other photos of the batch, which would tie
+    # the two batches' backgrounds to their photos): the same draws over other photos must then give the same
+    # empty rows, as they hold no garment at all, and other garment rows.
+    camera_aug.P_PHOTO_BG, saved = 1.0, camera_aug.P_PHOTO_BG
+    try:
+        a, b = augmented(garments), augmented(other)
+    finally:
+        camera_aug.P_PHOTO_BG = saved
+    assert torch.equal(a[empty], b[empty]) and not torch.equal(a[~empty], b[~empty])
+    with pytest.raises(ValueError, match="camera"):
+        batch_to_input(garments, meta, "strong", torch.Generator().manual_seed(3), empty=empty)
+    # The camera recipe's default share, off elsewhere, and refused where no camera augmentation makes them.
+    assert resolve_config(TrainConfig(model="resnet10", data="clothing-small", augment="camera")).empty_frames == 0.1
+    assert resolve_config(TrainConfig(model="resnet10", data="clothing-small", augment="strong")).empty_frames == 0.0
+    with pytest.raises(ValueError, match="empty frames"):
+        resolve_config(TrainConfig(model="resnet10", augment="strong", empty_frames=0.2))
+    if not (data_root() / "clothing-small").is_dir():
+        pytest.skip("clothing-small not found: set EDGEFASHION_DATA")
+    # A real run with half of every batch empty: its accuracy counts only the garments.
+    from edgefashion.training.train import fit
+    res = fit(TrainConfig(model="cnn4", data="clothing-small", data_dir=str(data_root()), img_size=32, in_chans=3,
+                          limit=60, epochs=1, batch_size=32, augment="camera", empty_frames=0.5), tmp_path / "run",
+              progress=False, log=lambda *a: None)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["empty_frames"] == 0.5
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    train_acc = float(rows[1].split(",")[rows[0].split(",").index("train_acc")])
+    assert 0 <= train_acc <= 1 and 0 <= res["test_accuracy"] <= 1
+
+
 def _load(path: Path, name: str):
     spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)

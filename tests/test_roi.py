@@ -19,7 +19,7 @@ from edgefashion.runtime.preprocess import crop_roi, preprocess
 LABELS = ["dress", "hat", "longsleeve", "outwear", "pants", "shirt", "shoes", "shorts", "skirt", "t-shirt"]
 
 
-def tiny_photo_model(path: Path, roi=None, drop_roi_key=False) -> Path:
+def tiny_photo_model(path: Path, roi=None, drop_roi_key=False, threshold=None) -> Path:
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
     rng = np.random.default_rng(0)
@@ -36,6 +36,8 @@ def tiny_photo_model(path: Path, roi=None, drop_roi_key=False) -> Path:
     meta = photo_meta("tiny", LABELS, 32, dataset="clothing-small")
     if roi is not None:
         meta = meta.replace(roi=roi)
+    if threshold is not None:
+        meta = meta.replace(threshold=threshold)
     props = meta.to_onnx_props()
     if drop_roi_key:  # a file exported before ModelMeta had `roi`
         d = json.loads(props["edgefashion"])
@@ -129,6 +131,22 @@ def test_camera_roi_default_from_metadata_option_and_guide_box(tmp_path, frame):
     assert (patch[..., 1] > 150).any() and (np.abs(patch[..., 1] - patch[..., 0]) > 60).any()
     p = run_cli(*base, "--model", model, "--roi", "center:3", check=False)
     assert p.returncode == 1 and "center:3" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_camera_threshold_default_from_metadata_and_option(tmp_path, frame):
+    video = _video(tmp_path / "clip.mp4", frame)
+    sure = tiny_photo_model(tmp_path / "t0.onnx", threshold=0.0)  # never uncertain
+    unsure = tiny_photo_model(tmp_path / "t1.onnx", threshold=1.0)  # always uncertain (10 classes: p < 1)
+    assert Classifier(tiny_photo_model(tmp_path / "plain.onnx")).meta.threshold == 0.5  # older files
+    base = ("camera", "--source", video, "--headless", "--json", "--threads", "1")
+    s0, s1 = _summary(run_cli(*base, "--model", sure).stdout), _summary(run_cli(*base, "--model", unsure).stdout)
+    assert (s0["threshold"], s0["uncertain_frames"]) == (0.0, 0)
+    assert (s1["threshold"], s1["uncertain_frames"]) == (1.0, 6)
+    s = _summary(run_cli(*base, "--model", unsure, "--threshold", "0").stdout)
+    assert (s["threshold"], s["uncertain_frames"]) == (0.0, 0)
+    assert "'uncertain' below 1" in run_cli("inspect", unsure).stdout
+    with pytest.raises(MetaError, match="threshold"):
+        photo_meta("x", LABELS, 32).replace(threshold=1.5)
 
 
 def test_predict_and_eval_accept_roi(tmp_path, frame):

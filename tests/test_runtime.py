@@ -260,6 +260,31 @@ def test_camera_demo_reports_live_accuracy(fm_model):
     assert all(r["truth"] in Classifier(fm_model).labels for r in rows[:-1])
 
 
+def test_camera_demo_of_a_photo_model_needs_no_data_and_shows_real_scenes(tmp_path):
+    # The bundled photo model with no data folder anywhere: the package's own test photos over held-out scenes.
+    from edgefashion.runtime.sources import DEMO_SETS
+    env = {"EDGEFASHION_DATA": str(tmp_path / "no-data-here"), "HOME": str(tmp_path)}
+    rec = tmp_path / "demo.mp4"
+    p = run_cli("camera", "--source", "demo", "--headless", "--json", "--max-frames", "30", "--threads", "1",
+                "--record", rec, env=env)
+    rows = _lines(p.stdout)
+    s = _check_frames(rows, 30)
+    stats = s["source_stats"]
+    assert stats["kind"] == "demo" and stats["scenes"] == "heldout" and stats["images"] == 50
+    assert Path(stats["photos"]) == DEMO_SETS["clothing-small"] and s["labelled_frames"] == 30
+    truth = [r["truth"] for r in rows[:-1]]
+    assert all(len(set(truth[i:i + 10])) == 1 for i in (0, 10, 20))  # each item is held for 10 frames
+    cap = cv2.VideoCapture(str(rec))
+    frames = [cap.read()[1] for _ in range(30)]
+    # A real scene behind the garment, not a plain wall: the frame's border is textured.
+    border = np.concatenate([frames[0][:40].reshape(-1, 3), frames[0][-40:].reshape(-1, 3)]).astype(float)
+    assert border.std(0).mean() > 12
+    # The hand shakes: consecutive frames of one item differ.
+    assert np.abs(frames[1].astype(int) - frames[2].astype(int)).mean() > 1
+    photos = sorted(DEMO_SETS["clothing-small"].glob("*/*.jpg"))
+    assert len(photos) == 50 and (DEMO_SETS["clothing-small"] / "LICENSE").read_text().startswith("Creative Commons")
+
+
 def test_camera_missing_source_is_one_clear_line(tmp_path, fm_model):
     for src, words in ((tmp_path / "nope.mp4", "no such file"), ("http://127.0.0.1:9/x.mjpg", "cannot open")):
         p = run_cli("camera", "--model", fm_model, "--source", src, "--headless", check=False,

@@ -60,12 +60,32 @@ def _metrics(out: Path):
     return list(csv.DictReader((out / "metrics.csv").open())) if (out / "metrics.csv").exists() else []
 
 
-def _start_training(args, out: Path):
+# The child `edgefashion train`, holding still as epoch 2 begins (last.pt then holds epoch 1) until the test has
+# sent its SIGINT: it blocks reading stdin, which a real Ctrl-C interrupts. Without the hold, on a loaded machine
+# the whole 1-second run could end before the signal arrived (the child then exited 0).
+_HOLD_AT_EPOCH_2 = """
+import sys
+from edgefashion.training import train
+_epoch = train._train_epoch
+def _held(state, epoch, progress):
+    if epoch == 2:
+        print("holding before epoch 2", file=sys.stderr, flush=True)
+        sys.stdin.readline()
+    return _epoch(state, epoch, progress)
+train._train_epoch = _held
+from edgefashion.cli import main
+main()
+"""
+
+
+def _start_training(args, out: Path, hold: bool = False):
     """`edgefashion train ARGS --out OUT` in a child process whose stderr lines arrive on a queue as they are
-    written: stderr is a pipe, so training prints one plain line as each epoch starts."""
+    written: stderr is a pipe, so training prints one plain line as each epoch starts. `hold`: the child waits
+    as epoch 2 begins (see _HOLD_AT_EPOCH_2)."""
     env = dict(os.environ, EDGEFASHION_DATA=str(data_root()))
-    proc = subprocess.Popen([sys.executable, "-m", "edgefashion", *map(str, args), "--out", str(out)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    head = ["-c", _HOLD_AT_EPOCH_2] if hold else ["-m", "edgefashion"]
+    proc = subprocess.Popen([sys.executable, *head, *map(str, args), "--out", str(out)], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: "queue.Queue[str | None]" = queue.Queue()
 
     def pump():
@@ -100,12 +120,11 @@ def test_ctrl_c_then_resume_reaches_the_same_result(shared_data, tmp_path):
     run_cli(*args, "--quiet", "--out", full)
 
     out = tmp_path / "interrupted"
-    proc, lines, reader = _start_training(args, out)
+    proc, lines, reader = _start_training(args, out, hold=True)
     try:
-        # The line that opens epoch 2 comes after last.pt holds epoch 1, and the run still has the rest of
-        # epoch 2, all of epoch 3 and its final evaluation ahead (seconds, against the milliseconds this
-        # process needs to react): the interrupt lands inside the run, never after it.
-        _wait_for_line(lines, "epoch 2/3: training on")
+        # The child holds at the start of epoch 2, after last.pt holds epoch 1: the interrupt lands inside the
+        # run, never after it, however loaded the machine.
+        _wait_for_line(lines, "holding before epoch 2")
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=120)
     finally:

@@ -30,6 +30,11 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_MODEL = REPO / "export" / "resnet10-clothing-small" / "model.int8.onnx"
 DEFAULT_ROIS = "full,center:0.9,center:0.8,center:0.7,center:0.6,center:0.5"
 SWEEP = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+# --calibrate: the camera's defaults for a model, chosen on the calibration video (validation photos over the
+# TRAINING backgrounds, never the benchmark): the (roi, threshold) with the best item-majority accuracy among
+# those that keep at least this share of background-only frames 'uncertain'.
+CALIBRATION_THRESHOLDS = tuple(round(0.2 + 0.025 * i, 3) for i in range(29))  # 0.2 ... 0.9
+MIN_BACKGROUND_UNCERTAIN = 0.9
 
 
 def run_camera(model: Path, video: Path, roi: str, threshold: float, extra=()) -> tuple:
@@ -64,6 +69,18 @@ def score(frames: list, labels: dict, threshold: float) -> dict:
         "background_uncertain": round(sum(shown[i] == "uncertain" for i in b) / len(b), 4) if b else None,
         "garment_frames": len(g), "background_frames": len(b), "items": len(majority),
     }
+
+
+def calibrate(frames_by_roi: dict, labels: dict) -> dict:
+    """The (roi, threshold) with the best item-majority accuracy (then frames right) among those keeping
+    MIN_BACKGROUND_UNCERTAIN of background-only frames 'uncertain'; the strictest threshold if none does."""
+    cands = [(roi, t, score(frames, labels, t)) for roi, frames in frames_by_roi.items()
+             for t in CALIBRATION_THRESHOLDS]
+    ok = [c for c in cands if (c[2]["background_uncertain"] or 0) >= MIN_BACKGROUND_UNCERTAIN]
+    roi, t, s = max(ok or cands, key=lambda c: ((c[2]["item_majority_accuracy"], c[2]["frame_accuracy"]) if ok
+                                                 else (c[2]["background_uncertain"] or 0, c[1])))
+    return {"roi": roi, "threshold": t, "scores": s, "met_background_target": bool(ok),
+            "min_background_uncertain": MIN_BACKGROUND_UNCERTAIN}
 
 
 def write_md(results: dict, path: Path) -> None:
@@ -128,17 +145,23 @@ def main() -> None:
     ap.add_argument("--roi", default=DEFAULT_ROIS, help="Comma-separated list; split on ';' for X,Y,W,H ROIs.")
     ap.add_argument("--threshold", type=float, default=0.5)
     ap.add_argument("--out", default=str(HERE / "results"), help="Writes OUT.json, OUT.md and OUT.png.")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="Also choose each model's camera defaults (roi, threshold) from these runs: the best "
+                         f"item-majority accuracy with >= {MIN_BACKGROUND_UNCERTAIN:.0%} of background frames "
+                         "uncertain. Run it on the calibration video (make_videos.py --split val --backgrounds "
+                         "train), never on the benchmark.")
     args = ap.parse_args()
     video = Path(args.video)
     labels = json.loads(video.with_suffix(".labels.json").read_text())
     models = [Path(m) for m in (args.model or [DEFAULT_MODEL])]
     names = args.name or [m.parent.name for m in models]
     rois = args.roi.split(";") if ";" in args.roi else args.roi.split(",")
-    runs = []
+    runs, frames_of = [], {}
     for model, name in zip(models, names):
         for roi in rois:
             t = time.perf_counter()
             frames, summary, cmd = run_camera(model, video, roi, args.threshold)
+            frames_of[(name, roi)] = frames
             s = score(frames, labels, args.threshold)
             runs.append({"name": name, "model": str(model), "roi": roi, "scores": s, "fps": summary["fps"],
                          "latency_ms": summary["latency_ms"], "sweep": [score(frames, labels, th) for th in SWEEP],
@@ -151,6 +174,15 @@ def main() -> None:
                f"({platform.processor() or platform.machine()})", "command": "python benchmarks/camera/run.py " +
                " ".join(sys.argv[1:]), "labels": {k: labels[k] for k in ("frames", "items", "hold", "seed",
                                                                          "backgrounds")}, "runs": runs}
+    if args.calibrate:
+        results["calibration"] = {name: calibrate({roi: frames_of[(name, roi)] for roi in rois}, labels)
+                                  for name in names}
+        for name, c in results["calibration"].items():
+            print(f"{name}: calibrated camera defaults roi {c['roi']}, threshold {c['threshold']} "
+                  f"(item majority {c['scores']['item_majority_accuracy']:.3f}, frames right "
+                  f"{c['scores']['frame_accuracy']:.3f}, background uncertain "
+                  f"{c['scores']['background_uncertain']:.3f}): export --camera-roi {c['roi']} "
+                  f"--camera-threshold {c['threshold']}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")

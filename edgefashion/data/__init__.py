@@ -6,16 +6,16 @@ package does nothing but define things: no downloads, no file system access.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Tuple
+from typing import Tuple, Union
 
-from ..names import CLOTHING_SMALL, FASHION_MNIST
+from ..names import CLOTHING_SMALL, FASHION_MNIST, TEST, TRAIN
 from .clothing import CLOTHING_SMALL_URL, ensure_clothing_small
 from .common import DataError, resolve_data_root
 from .download import download, download_first
 from .fashion_mnist import FASHION_MNIST_DIR, FASHION_MNIST_LABELS, holds_fashion_mnist, load_fashion_mnist
 from .folders import FolderDataset, load_folder_dataset, load_images, read_image
 from .idx import read_idx
-from .splits import DEFAULT_SPLIT, SPLITS, SplitData, SplitSpec, load_splits, stratified_split, stratified_subset
+from .splits import DEFAULT_SPLIT, SPLITS, SplitData, SplitSpec, assign, concat, stratified_split, stratified_subset
 
 __all__ = [
     "CLOTHING_SMALL_URL", "DEFAULT_SPLIT", "DataError", "FASHION_MNIST_LABELS", "FolderDataset", "SPLITS",
@@ -46,3 +46,18 @@ def resolve_dataset(name_or_path: str, data_root: Path, download: bool = True) -
             return "folder", folder
     raise DataError(f"unknown data set {name_or_path!r}: not {FASHION_MNIST!r}, {CLOTHING_SMALL!r} or an existing "
                     f"folder (also looked in {data_root})")
+
+
+def load_splits(kind: str, path: Union[str, Path], spec: SplitSpec = DEFAULT_SPLIT, *,
+                download: bool = False) -> SplitData:
+    """The splits of a data set as `data.resolve_dataset` names it: ("fashion-mnist", its folder) or
+    ("folder", a class-folder data set). Images of a folder are listed, not decoded."""
+    path = Path(path)
+    if kind == FASHION_MNIST:
+        raw = load_fashion_mnist(path.parent if path.name == FASHION_MNIST_DIR else path, download=download)
+        everything = concat([raw[TRAIN], raw[TEST]])
+        return SplitData(kind, path, tuple(FASHION_MNIST_LABELS), assign(raw, spec), spec, everything)
+    if kind != "folder":
+        raise ValueError(f"unknown data set kind {kind!r}")
+    ds = load_folder_dataset(path, spec=spec)
+    return SplitData(kind, ds.root, ds.labels, ds.splits, spec)

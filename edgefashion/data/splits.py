@@ -19,7 +19,7 @@ from typing import Any, Collection, Dict, List, Mapping, Optional, Sequence, Tup
 
 import numpy as np
 
-from ..names import ALL, FASHION_MNIST, SPLITS, TEST, TRAIN, VAL
+from ..names import ALL, SPLITS, TEST, TRAIN, VAL
 
 # The order in which missing splits are carved: test first, so the test images do not depend on val_fraction.
 _CARVE_ORDER = (TEST, VAL)
@@ -149,36 +149,17 @@ class SplitData:
         if name == ALL:
             if self.everything is not None:
                 return self.everything
-            return _concat([self.splits[s] for s in SPLITS])
+            return concat([self.splits[s] for s in SPLITS])
         if name not in self.splits:
             raise ValueError(f"unknown split {name!r}; choose from {', '.join(SPLITS)} or all")
         return self.splits[name]
 
 
-def _concat(parts: Sequence[Part]) -> Part:
+def concat(parts: Sequence[Part]) -> Part:
     ys = np.concatenate([y for _, y in parts]).astype(np.int64)
     if all(isinstance(items, np.ndarray) for items, _ in parts):
         return np.concatenate([items for items, _ in parts]), ys
     return [p for items, _ in parts for p in items], ys
-
-
-def load_splits(kind: str, path: Union[str, Path], spec: SplitSpec = DEFAULT_SPLIT, *,
-                download: bool = False) -> SplitData:
-    """The splits of a data set as `data.resolve_dataset` names it: ("fashion-mnist", its folder) or
-    ("folder", a class-folder data set). Images of a folder are listed, not decoded."""
-    # Imported here: both loaders carve their splits with this module, which must not import them first.
-    from .fashion_mnist import FASHION_MNIST_DIR, FASHION_MNIST_LABELS, load_fashion_mnist
-    from .folders import load_folder_dataset
-
-    path = Path(path)
-    if kind == FASHION_MNIST:
-        raw = load_fashion_mnist(path.parent if path.name == FASHION_MNIST_DIR else path, download=download)
-        everything = _concat([raw[TRAIN], raw[TEST]])
-        return SplitData(kind, path, tuple(FASHION_MNIST_LABELS), assign(raw, spec), spec, everything)
-    if kind != "folder":
-        raise ValueError(f"unknown data set kind {kind!r}")
-    ds = load_folder_dataset(path, spec=spec)
-    return SplitData(kind, ds.root, ds.labels, ds.splits, spec)
 
 
 def stratified_subset(labels: np.ndarray, limit: Optional[int], seed: int = 0) -> np.ndarray:

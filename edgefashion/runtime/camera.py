@@ -46,7 +46,7 @@ class CameraOptions:
     realtime: bool = False
     top_k: int = 3
     smooth: float = 0.5  # EMA weight of the newest frame; 1 = no smoothing
-    threshold: float = 0.5  # below this smoothed top probability a frame is "uncertain"
+    threshold: Optional[float] = None  # below this smoothed top probability "uncertain"; None: the model's
     retries: Optional[int] = None
     retry_delay: Optional[float] = None
     data_dir: Optional[str] = None
@@ -71,7 +71,7 @@ class CameraOptions:
                 raise ValueError(f"--serve-max-clients must be positive, got {self.serve_max_clients}")
         if not 0 < self.smooth <= 1:
             raise ValueError(f"--smooth must be in (0, 1], got {self.smooth}")
-        if not 0 <= self.threshold <= 1:
+        if self.threshold is not None and not 0 <= self.threshold <= 1:
             raise ValueError(f"--threshold must be in [0, 1], got {self.threshold}")
         if self.max_frames is not None and self.max_frames < 1:
             raise ValueError(f"--max-frames must be positive, got {self.max_frames}")
@@ -216,6 +216,7 @@ def run_camera(opt: CameraOptions, out: TextIO = sys.stdout, log: Callable[[str]
     clf = Classifier(opt.model, threads=opt.threads, spin=opt.spin)
     meta = clf.meta
     roi = Roi.parse(opt.roi if opt.roi is not None else meta.roi)
+    threshold = opt.threshold if opt.threshold is not None else meta.threshold
     runner = FrameRunner(clf, roi)
     retry = RetryPolicy.from_env(opt.retries, opt.retry_delay)
     src = open_source(opt.source, meta, realtime=opt.realtime, retry=retry,
@@ -272,7 +273,7 @@ def run_camera(opt: CameraOptions, out: TextIO = sys.stdout, log: Callable[[str]
             top = np.argsort(-ema, kind="stable")[:k]
             best = int(top[0])
             p_best = float(ema[best])
-            unsure = p_best < opt.threshold
+            unsure = p_best < threshold
             uncertain_n += unsure
             if truth is not None and truth in label_index:
                 labelled += 1
@@ -346,7 +347,7 @@ def run_camera(opt: CameraOptions, out: TextIO = sys.stdout, log: Callable[[str]
         "latency_ms": _percentiles(ring, frames), "peak_rss_mb": _round(peak_rss_mb()),
         "rss_mb": {"after_100_frames": _round(rss_start), "end": _round(rss_mb())},
         "stopped": stopped, "model": str(opt.model), "source": src.name, "source_stats": src_stats,
-        "threads": opt.threads, "spin": opt.spin, "smooth": alpha, "threshold": opt.threshold,
+        "threads": opt.threads, "spin": opt.spin, "smooth": alpha, "threshold": threshold,
         "roi": str(roi), "uncertain_frames": uncertain_n,
     }
     if server is not None:
@@ -368,7 +369,7 @@ def _start_server(opt: CameraOptions, src, log: Callable[[str], None]):
     from .serve import FrameHub, FrameServer
     hub = FrameHub(opt.serve_fps, opt.serve_quality,
                    static={"model": str(opt.model), "source": src.name, "threads": opt.threads,
-                           "threshold": opt.threshold})
+                           "threshold": threshold})
     server = FrameServer(opt.serve, hub, token=opt.serve_token, max_clients=opt.serve_max_clients)
     where = server.url
     if server.httpd.server_address[0] in ("0.0.0.0", "::"):

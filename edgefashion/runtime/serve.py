@@ -433,7 +433,7 @@ async function poll() {
     const r = await fetch("status" + q, {cache: "no-store"});
     if (!r.ok) throw new Error(r.status);
     const s = await r.json();
-    $("model").textContent = s.model + "  \\u2190  " + s.source;
+    $("model").textContent = s.model.split("/").slice(-2).join("/") + "  \\u2190  " + s.source;
     $("state").textContent = "live"; $("state").className = "";
     const up = Math.round(s.uptime_s);
     const st = [["label", s.label], ["FPS", s.fps], ["frames", s.frames],

@@ -381,18 +381,26 @@ def _fashion_mnist_test(path: Path) -> Tuple[np.ndarray, np.ndarray]:
     return images, labels.astype(np.int64)
 
 
-class DemoSource:
-    """Labelled test images of the model's data set shown as a 640x480 camera stream.
+# The offline demo set: 5 clothing-small TEST photos per class (CC0, LICENSE beside them), shipped in the package
+# so that `camera --source demo` needs no data folder (benchmarks/camera/make_demo_set.py rebuilds it).
+DEMO_DIR = Path(__file__).resolve().parents[1] / "demo"
+DEMO_SETS = {"clothing-small": DEMO_DIR / "clothing-small"}
 
-    Each image is held for `hold` frames, as when someone holds a garment up to a camera, placed at a random
-    scale and position on a light wall, with per-item lighting (gain, offset) and per-frame jitter (a few
-    pixels of shake, a flicker of brightness, sensor noise). Fashion-MNIST images are inverted back to dark
-    objects on a light background, as the product photos they were made from, so the model's domain mapping
-    (see runtime/preprocess.py) is exercised for real. Rendering costs about a millisecond a frame: items are
-    composed once, frames are a crop, one convertScaleAbs and one add of a precomputed noise field."""
+
+class DemoSource:
+    """Labelled test images shown as a 640x480 camera stream.
+
+    Photo models: each garment is cut out of its product shot (data.scene.garment_mask) and held up in front of
+    a real scene (a view of one of the HELD-OUT background photographs, never used in training) at 50-90% of
+    the frame's height near the centre, under its own exposure, colour cast and sometimes defocus; frames
+    add hand shake, a flicker of brightness and sensor noise. clothing-small models take the photos shipped in
+    the package (DEMO_SETS), other folder data sets their test split. Fashion-MNIST images are inverted back
+    to dark objects on a light wall, as the product photos they were made from, so the model's domain mapping
+    (runtime/preprocess.py) is exercised for real. Each item is composed once (~60 ms with its matte); a frame
+    is then a crop, one convertScaleAbs and one add of a precomputed noise field (~1 ms)."""
     live = False
     labelled = True
-    W, H, JITTER = 640, 480, 4
+    W, H, JITTER = 640, 480, 6
 
     def __init__(self, meta: ModelMeta, data_root: Optional[Path] = None, hold: int = 10, seed: int = 0,
                  realtime: bool = False, fps: float = 30.0) -> None:
@@ -402,6 +410,7 @@ class DemoSource:
         self.fps = fps
         self.rng = np.random.default_rng(seed)
         self.pacer = _Pacer(fps if realtime else 0.0)
+        self.scenes: list = []
         self._load(data_root)
         self.order = self.rng.permutation(len(self.labels))
         n, j = 4, self.JITTER
@@ -419,57 +428,68 @@ class DemoSource:
         m = self.meta
         if not m.dataset:
             raise SourceError(f"demo: the model ({m.model}) does not name its data set in its metadata")
-        root = efdata.resolve_data_root(data_root)
+        shipped = DEMO_SETS.get(m.dataset)
         try:
-            kind, path = efdata.resolve_dataset(m.dataset, root, download=False)
+            if shipped is not None and shipped.is_dir():
+                kind, path = "folder", shipped
+                ds = efdata.load_folder_dataset(path, val_fraction=0.0, test_fraction=0.0)
+                paths, y = ds.splits["train"]  # the whole shipped folder: every photo in it is a test photo
+            else:
+                root = efdata.resolve_data_root(data_root)
+                kind, path = efdata.resolve_dataset(m.dataset, root, download=False)
             if kind == "fashion-mnist":
                 images, y = _fashion_mnist_test(path)
                 names = list(efdata.FASHION_MNIST_LABELS)
                 self.images: list = list(images)
                 self.paths: Optional[list] = None
             else:
-                ds = efdata.load_folder_dataset(path)
-                paths, y = ds.splits["test"]
+                if shipped is None or not shipped.is_dir():
+                    ds = efdata.load_folder_dataset(path)
+                    paths, y = ds.splits["test"]
                 names = list(ds.labels)
                 self.images, self.paths = [], list(paths)
+                from ..data import scene
+                self.scenes = scene.backgrounds("heldout")
         except efdata.DataError as e:
             raise SourceError(f"demo: cannot load the test images of {m.dataset!r} ({e})") from None
         # By name, so the demo's truth is in the model's own label space (and a foreign class is an error).
         to_model = match_labels(names, m.labels, source=str(path))
         self.labels = [m.labels[to_model[int(c)]] for c in y]
         self.kind = kind
+        self.path = path
 
     def _compose(self, idx: int) -> None:
-        """Draw item `idx` onto the (jitter-padded) canvas with this item's scale, place and lighting."""
+        """Draw item `idx` onto the (jitter-padded) canvas with this item's scene, scale, place and lighting."""
         rng, c = self.rng, self.canvas
-        wall = rng.integers(200, 246)
-        tint = rng.integers(-8, 9, 3)
-        c[:] = np.clip(wall + tint, 0, 255).astype(np.uint8)
         if self.kind == "fashion-mnist":
+            wall = rng.integers(200, 246)
+            tint = rng.integers(-8, 9, 3)
+            c[:] = np.clip(wall + tint, 0, 255).astype(np.uint8)
             obj = 255 - self.images[idx]  # back to a dark product on white
             side = int(rng.integers(180, 400))
-            obj = cv2.resize(obj, (side, side), interpolation=cv2.INTER_LINEAR)
-            obj = cv2.cvtColor(obj, cv2.COLOR_GRAY2BGR)
-        else:
-            from ..data import DataError, read_image
-            try:
-                obj = read_image(self.paths[idx])
-            except DataError as e:
-                raise SourceError(f"demo: {e}") from None
-            side = int(rng.integers(240, 460))
-            s = side / max(obj.shape[:2])
-            obj = cv2.resize(obj, (max(1, round(obj.shape[1] * s)), max(1, round(obj.shape[0] * s))),
-                             interpolation=cv2.INTER_AREA)
-        h, w = obj.shape[:2]
-        y = int(rng.integers(0, c.shape[0] - h + 1))
-        x = int(rng.integers(0, c.shape[1] - w + 1))
-        region = c[y:y + h, x:x + w]
-        if self.kind == "fashion-mnist":
+            obj = cv2.cvtColor(cv2.resize(obj, (side, side), interpolation=cv2.INTER_LINEAR), cv2.COLOR_GRAY2BGR)
+            h, w = obj.shape[:2]
+            y = int(rng.integers(0, c.shape[0] - h + 1))
+            x = int(rng.integers(0, c.shape[1] - w + 1))
+            region = c[y:y + h, x:x + w]
             np.minimum(region, obj, out=region)  # white paper disappears into the wall
-        else:
-            region[:] = obj
-        self.gain = float(rng.uniform(0.75, 1.15))
-        self.offset = float(rng.uniform(-25, 20))
+            self.gain = float(rng.uniform(0.75, 1.15))
+            self.offset = float(rng.uniform(-25, 20))
+            return
+        from ..data import DataError, read_image, scene
+        try:
+            img = read_image(self.paths[idx])
+        except DataError as e:
+            raise SourceError(f"demo: {e}") from None
+        ch, cw = c.shape[:2]
+        c[:] = scene.view_of(self.scenes[int(rng.integers(len(self.scenes)))], rng, cw, ch)
+        alpha = scene.garment_mask(img, seed=int(idx))
+        scene.paste(c, img, alpha, cw / 2 + rng.uniform(-0.1, 0.1) * self.W, ch / 2 + rng.uniform(-0.08, 0.08) * self.H,
+                    rng.uniform(0.5, 0.9) * self.H, float(rng.uniform(-4, 4)))
+        look = scene.Look.random(rng)
+        c[:] = scene.finish(c, scene.Look(gain=look.gain, offset=look.offset, cast=look.cast, defocus=look.defocus),
+                            rng)
+        self.gain, self.offset = 1.0, 0.0
 
     def read(self) -> Tuple[Frame, Optional[str]]:
         item, k = divmod(self.t, self.hold)
@@ -481,7 +501,9 @@ class DemoSource:
             self._compose(idx)
             self.item = item
         j = self.JITTER
-        dy, dx = (self.t * 7) % (2 * j + 1), (self.t * 3) % (2 * j + 1)
+        # Hand shake: a slow drift of a few pixels with a little jitter, as a held garment moves.
+        dy = int(round(j + (j - 1) * np.sin(0.9 * self.t + idx))) + int(self.rng.integers(-1, 2))
+        dx = int(round(j + (j - 1) * np.sin(0.7 * self.t + 2 * idx))) + int(self.rng.integers(-1, 2))
         flicker = 1.0 + 0.03 * np.sin(self.t * 0.9)
         cv2.convertScaleAbs(self.canvas[dy:dy + self.H, dx:dx + self.W], dst=self.frame,
                             alpha=self.gain * flicker, beta=self.offset)
@@ -490,7 +512,8 @@ class DemoSource:
         return self.frame, self.labels[idx]
 
     def stats(self) -> dict:
-        return {"kind": "demo", "data": self.meta.dataset, "images": len(self.labels), "hold": self.hold}
+        return {"kind": "demo", "data": self.meta.dataset, "images": len(self.labels), "hold": self.hold,
+                "photos": str(self.path), "scenes": "heldout" if self.scenes else "plain wall"}
 
     def close(self) -> None:
         pass

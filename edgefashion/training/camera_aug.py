@@ -217,13 +217,18 @@ def camera_conditions(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return _jpeg(x, g)
 
 
-def camera_augment(x: torch.Tensor, xb: torch.Tensor, g: torch.Generator, strong) -> torch.Tensor:
+def camera_augment(x: torch.Tensor, xb: torch.Tensor, g: torch.Generator, strong,
+                   empty: Optional[torch.Tensor] = None) -> torch.Tensor:
     """x: float [0, 1] (N, C, S, S), the batch xb (uint8) converted; `strong`: the strong geometric augmentation
-    (datasets._affine with its settings) for the images that are not composited. Returns float [0, 1]."""
+    (datasets._affine with its settings) for the images that are not composited. `empty` (bool, N): images that
+    become a background with no garment at all (the empty frames a camera sees between garments). Returns
+    float [0, 1]."""
     n, c, s, _ = x.shape
     dev = x.device
     st = state()
     comp = torch.rand(n, generator=g, device=dev) < P_COMPOSITE
+    if empty is not None:
+        comp = comp | empty
     ci, si = comp.nonzero().flatten(), (~comp).nonzero().flatten()
     out = torch.empty_like(x)
     # Each half of the batch is warped once, by its own transform: grid_sample dominates the cost on a CPU.
@@ -234,6 +239,8 @@ def camera_augment(x: torch.Tensor, xb: torch.Tensor, g: torch.Generator, strong
         alpha = st.mattes.get(xb[ci])
         placed = _place(torch.cat([xc, alpha], 1), g)
         fg, a = placed[:, :c], placed[:, c:]
+        if empty is not None:
+            a = a * (~empty[ci]).to(a.dtype)[:, None, None, None]
         pool = st.pool(s, c, dev)
         bg = pool[torch.randint(0, pool.shape[0], (len(ci),), generator=g, device=dev)]
         if len(ci) > 1:

@@ -179,9 +179,10 @@ def _color_jitter(x: torch.Tensor, g: torch.Generator, strength: float = 0.3) ->
 
 
 def batch_to_input(xb: torch.Tensor, meta: ModelMeta, augment: str = "none",
-                   g: torch.Generator | None = None) -> torch.Tensor:
+                   g: torch.Generator | None = None, empty: torch.Tensor | None = None) -> torch.Tensor:
     """uint8 NCHW batch -> normalised float NCHW input: the torch twin of runtime.preprocess.normalize, with
-    the training augmentation in between when `augment` is not 'none'."""
+    the training augmentation in between when `augment` is not 'none'. `empty` (camera only): the images
+    replaced by a background with no garment."""
     x = xb.float() / 255.0
     if augment != "none":
         assert g is not None
@@ -199,10 +200,12 @@ def batch_to_input(xb: torch.Tensor, meta: ModelMeta, augment: str = "none",
             # top of strong's colour jitter and erasing; strong's geometry for the photos left as they are.
             from .camera_aug import camera_augment
             x = camera_augment(x, xb, g, lambda t: _affine(t, g, rot_deg=10, zoom=(0.7, 1.25), shear=0.1,
-                                                           shift=0.15, aspect=(0.8, 1.25)))
+                                                           shift=0.15, aspect=(0.8, 1.25)), empty=empty)
             x = _color_jitter(x, g)
         else:
             raise ValueError(f"unknown augmentation {augment!r}; choose from {AUGMENTATIONS}")
+    if empty is not None and augment != "camera":
+        raise ValueError(f"empty frames are made by the camera augmentation, not {augment!r}")
     mean = torch.tensor(meta.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
     std = torch.tensor(meta.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
     x = (x - mean) / std

@@ -29,7 +29,7 @@ import torch
 from .. import __version__
 from ..data.splits import SplitSpec
 from ..files import sha256_file
-from ..meta import ORT_DISABLED_OPTIMIZERS_KEY, ModelMeta
+from ..meta import ORT_DISABLED_OPTIMIZERS_KEY, MetaError, ModelMeta
 from ..names import (CHECKPOINTS, FP32_FILE, INT8_FILE, INT8_SUFFIX, REPORT_JSON, REPORT_MD, RESULTS_JSON, TEST, TRAIN,
                      VAL)
 from ..runtime.preprocess import normalize
@@ -376,7 +376,8 @@ def export_checkpoint(src: str | Path, out_dir: str | Path | None = None, *, qua
                       calib_methods: Sequence[str] = q.CALIB_METHODS, per_channel: Sequence[bool] = (False, True),
                       latency_runs: int = 200, cpu: dict | None = None, target: str = "portable",
                       cpu_check: bool = True, cpu_check_subset: int = 2000, allow_disagreement: bool = False,
-                      log: Callable[[str], None] = print, check_arm: bool = False, arm_subset: int = 2000) -> dict:
+                      log: Callable[[str], None] = print, check_arm: bool = False, arm_subset: int = 2000,
+                      camera_roi: str | None = None, camera_threshold: float | None = None) -> dict:
     """Export `src` into `out_dir` (default export/<model>-<dataset>); returns the report (also report.json).
     `src`: a run folder or checkpoint, or an exported FP32 model.onnx (or its folder) to quantize again, e.g.
     for another --target. Raises ExportError when a check fails; the destination is then left as it was.
@@ -384,7 +385,8 @@ def export_checkpoint(src: str | Path, out_dir: str | Path | None = None, *, qua
     quantize: "int8" static QDQ (calibration searched on the validation split), "dynamic", "none", or "auto"
     (int8 static, kept only when within max_drop and faster than FP32 on this CPU; see _auto_keep).
     target: the CPU families the INT8 answers must hold on (quantize.target_settings); with `cpu_check` they
-    are verified there image by image. `cpu` overrides detect_cpu() for target "native"."""
+    are verified there image by image. `cpu` overrides detect_cpu() for target "native". camera_roi /
+    camera_threshold: the camera's defaults to record in the files (ModelMeta.roi, .threshold)."""
     if quantize not in QUANTIZE_MODES:
         raise ExportError(f"--quantize {quantize!r}: choose from {', '.join(QUANTIZE_MODES)}")
     mode = "int8" if quantize == "auto" else quantize
@@ -403,9 +405,13 @@ def export_checkpoint(src: str | Path, out_dir: str | Path | None = None, *, qua
         raise ExportError(f"{out_dir}: exists and is not a folder")
     data = load_run_data(source, data_dir, calib_size, parity_images, log)
     created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
-    meta = source.meta.replace(dataset=source.meta.dataset or str(source.cfg.get("data") or ""),
-                               split=source.meta.split or SplitSpec.from_meta(source.meta).to_dict(),
-                               extra=provenance(source, created))
+    camera = {k: v for k, v in (("roi", camera_roi), ("threshold", camera_threshold)) if v is not None}
+    try:
+        meta = source.meta.replace(dataset=source.meta.dataset or str(source.cfg.get("data") or ""),
+                                   split=source.meta.split or SplitSpec.from_meta(source.meta).to_dict(),
+                                   extra=provenance(source, created), **camera)
+    except MetaError as e:
+        raise ExportError(f"--camera-roi/--camera-threshold: {e}") from None
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = _new_sibling(out_dir, "tmp")

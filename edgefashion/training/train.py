@@ -38,6 +38,7 @@ CHECKPOINT_FORMAT = "edgefashion-checkpoint"
 CHECKPOINT_VERSION = 1
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("plateau", "cosine", "none")
+CAMERA_EMPTY_FRAMES = 0.1
 
 
 class TrainingError(RuntimeError):
@@ -70,6 +71,11 @@ class TrainConfig:
     label_smoothing: float | None = None
     mixup: float | None = None  # Beta(alpha, alpha) of mixup (Zhang et al. 2018); 0 = off
     cutmix: float | None = None  # Beta(alpha, alpha) of CutMix (Yun et al. 2019); 0 = off
+    # --augment camera: the share of each batch made garment-free scenes, trained towards the uniform
+    # distribution with this weight, so that the camera shows 'uncertain' on an empty room. None: 0.1 with
+    # camera augmentation, else 0.
+    empty_frames: float | None = None
+    empty_weight: float = 0.5
     val_fraction: float = 0.2
     # Of train, for data sets that ship no test split (carved before val; see data/splits.py).
     test_fraction: float = 0.2
@@ -94,6 +100,8 @@ def resolve_config(cfg: TrainConfig, data_kind: str | None = None) -> TrainConfi
         filled[f.name] = v
     if filled["img_size"] is None:
         filled["img_size"] = entry.img_size
+    if filled["empty_frames"] is None:
+        filled["empty_frames"] = CAMERA_EMPTY_FRAMES if filled["augment"] == "camera" else 0.0
     out = replace(cfg, **filled)
     if out.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {out.optimizer!r}; choose from {OPTIMIZERS}")
@@ -107,6 +115,10 @@ def resolve_config(cfg: TrainConfig, data_kind: str | None = None) -> TrainConfi
     for name in ("mixup", "cutmix", "label_smoothing"):
         if float(getattr(out, name)) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(out, name)}")
+    if not 0 <= out.empty_frames < 1:
+        raise ValueError(f"empty_frames must be in [0, 1), got {out.empty_frames}")
+    if out.empty_frames and out.augment != "camera":
+        raise ValueError(f"empty frames are made by --augment camera, not {out.augment!r}")
     if not 0 < out.val_fraction < 1:
         raise ValueError(f"val_fraction must be between 0 and 1, got {out.val_fraction}")
     if not 0 <= out.test_fraction < 1:
@@ -306,7 +318,7 @@ def train_one_epoch(model: nn.Module, split: Split, meta: ModelMeta, optimizer: 
     channels_last = _channels_last(device)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
-    seen = 0
+    seen = scored = 0  # images, and those with a label (not empty frames)
     t0 = time.perf_counter()
     bar = None
     if progress and _is_terminal(sys.stderr):
@@ -324,17 +336,29 @@ def train_one_epoch(model: nn.Module, split: Split, meta: ModelMeta, optimizer: 
                 for group, base in zip(optimizer.param_groups, base_lrs):
                     group["lr"] = base * f
             idx = perm[i * bs:(i + 1) * bs]
-            x = batch_to_input(split.x[idx], meta, cfg.augment, g)
+            empty = (torch.rand(len(idx), generator=g, device=device) < cfg.empty_frames
+                     if cfg.empty_frames else None)
+            x = batch_to_input(split.x[idx], meta, cfg.augment, g, empty=empty)
             y = split.y[idx]
+            if empty is not None:
+                # Garment rows first, mixed among themselves only; the empty rows after them have no label.
+                x, y = torch.cat([x[~empty], x[empty]]), y[~empty]
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            x, y2, lam = mix_batch(x, y, cfg.mixup, cfg.cutmix, g)
+            ng = len(y)
+            xg, y2, lam = mix_batch(x[:ng], y, cfg.mixup, cfg.cutmix, g)
+            x = torch.cat([xg, x[ng:]]) if ng < len(x) else xg
             with _autocast(device, cfg.amp):
                 logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-                if y2 is not None:
-                    loss = lam * loss + (1 - lam) * F.cross_entropy(logits.float(), y2,
-                                                                    label_smoothing=cfg.label_smoothing)
+                lg = logits[:ng].float()
+                loss = F.cross_entropy(lg, y, label_smoothing=cfg.label_smoothing) if ng else lg.sum()
+                if y2 is not None and ng:
+                    loss = lam * loss + (1 - lam) * F.cross_entropy(lg, y2, label_smoothing=cfg.label_smoothing)
+                if ng < len(x):
+                    # Outlier exposure (Hendrycks et al. 2019): an empty scene's target is the uniform
+                    # distribution, so its top probability stays under the camera's threshold: 'uncertain'.
+                    away = -logits[ng:].float().log_softmax(1).mean(1)
+                    loss = (loss * ng + cfg.empty_weight * away.sum()) / len(x)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -344,7 +368,8 @@ def train_one_epoch(model: nn.Module, split: Split, meta: ModelMeta, optimizer: 
                 loss.backward()
                 optimizer.step()
             loss_sum += loss.detach() * len(idx)
-            correct += (logits.detach().argmax(1) == y).sum()
+            correct += (lg.detach().argmax(1) == y).sum()
+            scored += ng
             seen += len(idx)
             # Syncing with the device every step would stall a GPU; every 20 steps is enough to catch a NaN
             # early and to update the bar. Under DDP the check is reduced over ranks, so all stop together.
@@ -354,15 +379,16 @@ def train_one_epoch(model: nn.Module, split: Split, meta: ModelMeta, optimizer: 
                     raise TrainingError(f"loss became {running} in epoch {epoch} (step {i + 1}/{steps})")
                 if bar is not None:
                     bar.update(seen * dist.world - bar.n)
-                    bar.set_postfix(loss=f"{running / dist.world:.4f}", acc=f"{correct.item() / seen:.4f}",
+                    bar.set_postfix(loss=f"{running / dist.world:.4f}", acc=f"{correct.item() / max(scored, 1):.4f}",
                                     ips=f"{seen * dist.world / (time.perf_counter() - t0):.0f}")
     finally:
         if bar is not None:
             bar.close()
     dt = time.perf_counter() - t0
-    totals = all_reduce_sum(torch.stack([loss_sum, correct.float(), torch.tensor(float(seen), device=device)]), dist)
-    loss_total, correct_total, seen_total = totals.tolist()
-    return {"loss": loss_total / seen_total, "acc": correct_total / seen_total, "seconds": dt,
+    totals = all_reduce_sum(torch.stack([loss_sum, correct.float(), torch.tensor(float(seen), device=device),
+                                         torch.tensor(float(scored), device=device)]), dist)
+    loss_total, correct_total, seen_total, scored_total = totals.tolist()
+    return {"loss": loss_total / seen_total, "acc": correct_total / max(scored_total, 1.0), "seconds": dt,
             "ips": seen_total / dt}
 
 
