@@ -229,7 +229,7 @@ def run_camera(opt: CameraOptions, out: TextIO = sys.stdout, log: Callable[[str]
     quoted = [json.dumps(lab) for lab in labels]  # escaped once; JSON lines are then plain string joins
     flush = src.live  # a live consumer wants each line now; a file run wants throughput
     try:
-        server = _start_server(opt, src, log) if opt.serve is not None else None
+        server = _start_server(opt, src, threshold, log) if opt.serve is not None else None
     except BaseException:
         src.close()
         raise
@@ -365,7 +365,7 @@ def run_camera(opt: CameraOptions, out: TextIO = sys.stdout, log: Callable[[str]
     return summary
 
 
-def _start_server(opt: CameraOptions, src, log: Callable[[str], None]):
+def _start_server(opt: CameraOptions, src, threshold: float, log: Callable[[str], None]):
     from .serve import FrameHub, FrameServer
     hub = FrameHub(opt.serve_fps, opt.serve_quality,
                    static={"model": str(opt.model), "source": src.name, "threads": opt.threads,
