@@ -1,9 +1,11 @@
 """`edgefashion camera`: classify a live camera, a stream, a video, images or the demo, frame by frame.
 
-The loop per frame: read (capture) -> prepare + normalise into preallocated buffers (preprocess) ->
-onnxruntime through an IO binding onto those same buffers (inference) -> softmax, EMA smoothing, top-k, one
-JSON line or an overlay. Nothing in it allocates more than the small arrays prepare() returns, the stage
-timings go into a fixed ring, and JSON lines are formatted from pre-escaped labels, so memory stays flat
+The loop per frame, a stage a function (run_camera): read (capture) -> prepare + normalise into preallocated
+buffers (FrameRunner.preprocess) -> onnxruntime through an IO binding onto those same buffers (infer) ->
+softmax and EMA smoothing (Smoother) -> top-k and 'uncertain' (decide, Tally) -> one JSON line or a status line
+(emit), the overlay in a window or a recording (show_frame), a frame for the HTTP view (serve_frame). Nothing in
+it allocates more than the small arrays prepare() returns, the stage timings go into a fixed ring, and JSON
+lines are formatted from pre-escaped labels, so memory stays flat
 over any number of frames and a small model runs at hundreds of frames per second.
 
 onnxruntime's intra-op threads spin-wait for work by default, which keeps a core busy between frames (heat
@@ -204,11 +206,97 @@ def _percentiles(ring: np.ndarray, n: int) -> dict:
             for i, s in enumerate(STAGES)}
 
 
-def run_camera(opt: CameraOptions, out: TextIO = sys.stdout, log: Callable[[str], None] = None) -> dict:
-    """Run the loop until the end of the stream, --max-frames, q/Esc in the window or Ctrl-C; returns the
-    summary (also written as the last JSON object with --json). A live source that fails for good raises
-    SourceError after the summary is written."""
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+# --- the loop: source -> preprocess -> infer -> smooth -> decide -> emit / draw / serve ------------------------
+
+class Smoother:
+    """Softmax of each frame's logits and their exponential moving average over frames (weight `alpha` for the
+    newest; 1 = none), in place on preallocated vectors."""
+
+    def __init__(self, num_classes: int, alpha: float) -> None:
+        self.alpha = float(alpha)
+        self.probs = np.empty(num_classes, np.float32)  # this frame's
+        self.ema = np.zeros(num_classes, np.float32)  # what is shown
+        self._started = False
+
+    def update(self, logits: np.ndarray) -> None:
+        p = self.probs
+        np.subtract(logits, logits.max(), out=p)  # subtracting the max keeps exp() finite
+        np.exp(p, out=p)
+        p /= p.sum()
+        if not self._started or self.alpha >= 1.0:
+            self.ema[:] = p
+            self._started = True
+        else:
+            self.ema *= 1.0 - self.alpha
+            self.ema += self.alpha * p
+
+
+@dataclass
+class Shown:
+    """What one frame shows: the smoothed top-k, and 'uncertain' when the best is below the threshold."""
+    top: np.ndarray
+    best: int
+    p_best: float
+    unsure: bool
+
+
+def decide(ema: np.ndarray, k: int, threshold: float) -> Shown:
+    top = np.argsort(-ema, kind="stable")[:k]
+    best = int(top[0])
+    p_best = float(ema[best])
+    return Shown(top, best, p_best, p_best < threshold)
+
+
+@dataclass
+class Tally:
+    """Counts over the run: frames, 'uncertain' frames and, on labelled sources, right answers."""
+    frames: int = 0
+    uncertain: int = 0
+    labelled: int = 0
+    correct: int = 0
+    correct_raw: int = 0  # unsmoothed
+
+    def count(self, shown: Shown, probs: np.ndarray, truth: Optional[str], label_index: dict) -> None:
+        self.uncertain += shown.unsure
+        if truth is not None and truth in label_index:
+            self.labelled += 1
+            self.correct += shown.best == label_index[truth]
+            self.correct_raw += int(probs.argmax()) == label_index[truth]
+
+
+@dataclass
+class Loop:
+    """Everything the loop holds, opened by open_loop and released by close_loop."""
+    opt: CameraOptions
+    meta: object
+    roi: Roi
+    threshold: float
+    runner: FrameRunner
+    src: object
+    smoother: Smoother
+    k: int
+    label_index: dict
+    quoted: list  # labels escaped once: JSON lines are then plain string joins
+    server: object = None
+    writer: object = None
+    ring: np.ndarray = None
+    tally: Tally = None
+    fps_ema: float = 0.0
+    last_status: float = 0.0
+    rss_start: Optional[float] = None
+
+    @property
+    def guide(self) -> Optional[tuple]:
+        return None if self.roi.is_full else self.runner.box
+
+    @property
+    def draws(self) -> bool:
+        return not self.opt.headless or self.opt.record is not None
+
+
+def open_loop(opt: CameraOptions, log: Callable[[str], None]) -> Loop:
+    """The model, its camera defaults (ROI, threshold) unless the options override them, the source and the
+    server."""
     if not opt.headless and sys.platform.startswith("linux") and not (
             os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         # OpenCV's Qt backend aborts the whole process without a display; say it in one line first.
@@ -217,37 +305,102 @@ def run_camera(opt: CameraOptions, out: TextIO = sys.stdout, log: Callable[[str]
     meta = clf.meta
     roi = Roi.parse(opt.roi if opt.roi is not None else meta.roi)
     threshold = opt.threshold if opt.threshold is not None else meta.threshold
-    runner = FrameRunner(clf, roi)
-    retry = RetryPolicy.from_env(opt.retries, opt.retry_delay)
-    src = open_source(opt.source, meta, realtime=opt.realtime, retry=retry,
+    src = open_source(opt.source, meta, realtime=opt.realtime, retry=RetryPolicy.from_env(opt.retries, opt.retry_delay),
                       data_root=Path(opt.data_dir) if opt.data_dir else None, log=log)
-    labels = meta.labels
-    k = min(opt.top_k, meta.num_classes)
     # Image folders are unrelated pictures: smoothing across them would blend different garments.
     alpha = 1.0 if src.__class__.__name__ == "ImageFolderSource" else float(opt.smooth)
-    label_index = {lab: i for i, lab in enumerate(labels)}
-    quoted = [json.dumps(lab) for lab in labels]  # escaped once; JSON lines are then plain string joins
-    flush = src.live  # a live consumer wants each line now; a file run wants throughput
+    loop = Loop(opt=opt, meta=meta, roi=roi, threshold=threshold, runner=FrameRunner(clf, roi), src=src,
+                smoother=Smoother(meta.num_classes, alpha), k=min(opt.top_k, meta.num_classes),
+                label_index={lab: i for i, lab in enumerate(meta.labels)},
+                quoted=[json.dumps(lab) for lab in meta.labels],
+                ring=np.zeros((RING, len(STAGES)), np.float32), tally=Tally())
     try:
-        server = _start_server(opt, src, threshold, log) if opt.serve is not None else None
+        loop.server = _start_server(opt, src, threshold, log) if opt.serve is not None else None
     except BaseException:
         src.close()
         raise
-    hub = server.hub if server is not None else None
+    return loop
 
-    ring = np.zeros((RING, len(STAGES)), np.float32)
-    ema = np.zeros(meta.num_classes, np.float32)
-    probs = np.empty(meta.num_classes, np.float32)
-    frames = correct = correct_raw = labelled = uncertain_n = 0
-    fps_ema, stopped, failure, last_status = 0.0, "end of stream", None, 0.0
-    writer = None
-    show = not opt.headless
-    draw = show or opt.record is not None
-    rss_start = None
+
+def emit(loop: Loop, out: TextIO, shown: Shown, truth: Optional[str], times: tuple, now: float) -> None:
+    """--json: one line per frame; headless text: a status line a second; a window: nothing here."""
+    opt, ema, frame_no = loop.opt, loop.smoother.ema, loop.tally.frames
+    if opt.json:
+        tops = ", ".join(f'{{"label": {loop.quoted[i]}, "prob": {ema[i]:.4f}}}' for i in shown.top)
+        capture, pre, inference, total = times
+        out.write(f'{{"frame": {frame_no}, "top": [{tops}], '
+                  f'"label": {_UNCERTAIN if shown.unsure else loop.quoted[shown.best]}, '
+                  f'"uncertain": {"true" if shown.unsure else "false"}, '
+                  f'"truth": {"null" if truth is None else json.dumps(truth)}, '
+                  f'"latency_ms": {{"capture": {capture * 1e3:.3f}, "preprocess": {pre * 1e3:.3f}, '
+                  f'"inference": {inference * 1e3:.3f}, "total": {total * 1e3:.3f}}}}}\n')
+        if loop.src.live:  # a live consumer wants each line now; a file run wants throughput
+            out.flush()
+    elif opt.headless and now - loop.last_status >= 1.0:
+        loop.last_status = now
+        out.write(f"frame {frame_no}: {'uncertain' if shown.unsure else loop.meta.labels[shown.best]} "
+                  f"{shown.p_best:.2f}  ({times[3] * 1e3:.2f} ms)\n")
+        out.flush()
+
+
+def _overlay(loop: Loop, frame: np.ndarray, shown: Shown, truth: Optional[str], fps: float, ms: float) -> None:
+    ema, labels = loop.smoother.ema, loop.meta.labels
+    draw_overlay(frame, [labels[i] for i in shown.top], [float(ema[i]) for i in shown.top], shown.unsure, fps, ms,
+                 truth, guide=loop.guide)
+
+
+def show_frame(loop: Loop, frame: np.ndarray, shown: Shown, truth: Optional[str], ms: float, dt: float) -> bool:
+    """The overlay into the window and --record; False when the user closed the window."""
+    loop.fps_ema = 1.0 / dt if not loop.fps_ema else 0.9 * loop.fps_ema + 0.1 / max(dt, 1e-6)
+    _overlay(loop, frame, shown, truth, loop.fps_ema, ms)
+    if loop.opt.record is not None:
+        loop.writer = loop.writer or _open_writer(loop.opt.record, frame, loop.src.fps)
+        loop.writer.write(frame)
+    return loop.opt.headless or _show(frame)
+
+
+def serve_frame(loop: Loop, frame: np.ndarray, shown: Shown, truth: Optional[str], ms: float, now: float) -> None:
+    """Hand the server a frame when its encoder asked for one (drawn here only if the window did not draw it)
+    and the status when due: one attribute test per frame otherwise."""
+    hub = loop.server.hub
+    if not (hub.wants_frame or now >= hub.status_due):
+        return
+    if hub.wants_frame:
+        if not loop.draws:
+            _overlay(loop, frame, shown, truth, hub.fps, ms)
+        hub.publish_frame(frame)
+    if now >= hub.status_due:
+        t, labels, ema = loop.tally, loop.meta.labels, loop.smoother.ema
+        hub.publish_status(now, t.frames, t.uncertain, [(labels[i], float(ema[i])) for i in shown.top],
+                           "uncertain" if shown.unsure else labels[shown.best], loop.ring, STAGES, t.labelled,
+                           t.correct)
+
+
+def close_loop(loop: Loop) -> dict:
+    """Stop the server, close the source, the recording and the window; the source's stats."""
+    if loop.server is not None:
+        loop.server.stop()
+    stats = loop.src.stats()
+    loop.src.close()
+    if loop.writer is not None:
+        loop.writer.release()
+    if not loop.opt.headless:
+        cv2.destroyAllWindows()
+    return stats
+
+
+def run_camera(opt: CameraOptions, out: TextIO = sys.stdout, log: Callable[[str], None] = None) -> dict:
+    """Run the loop until the end of the stream, --max-frames, q/Esc in the window or Ctrl-C; returns the
+    summary (also written as the last JSON object with --json). A live source that fails for good raises
+    SourceError after the summary is written."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    loop = open_loop(opt, log)
+    src, runner, smoother, tally, ring = loop.src, loop.runner, loop.smoother, loop.tally, loop.ring
+    stopped, failure = "end of stream", None
     perf = time.perf_counter
     t_start = perf()
     try:
-        while opt.max_frames is None or frames < opt.max_frames:
+        while opt.max_frames is None or tally.frames < opt.max_frames:
             t0 = perf()
             try:
                 frame, truth = src.read()
@@ -259,109 +412,58 @@ def run_camera(opt: CameraOptions, out: TextIO = sys.stdout, log: Callable[[str]
             t1 = perf()
             runner.preprocess(frame)
             t2 = perf()
-            logits = runner.infer()
+            smoother.update(runner.infer())
             t3 = perf()
-            # softmax in place on a 10-vector; subtracting the max keeps exp() finite
-            np.subtract(logits, logits.max(), out=probs)
-            np.exp(probs, out=probs)
-            probs /= probs.sum()
-            if frames == 0 or alpha >= 1.0:
-                ema[:] = probs
-            else:
-                ema *= 1.0 - alpha
-                ema += alpha * probs
-            top = np.argsort(-ema, kind="stable")[:k]
-            best = int(top[0])
-            p_best = float(ema[best])
-            unsure = p_best < threshold
-            uncertain_n += unsure
-            if truth is not None and truth in label_index:
-                labelled += 1
-                correct += best == label_index[truth]
-                correct_raw += int(probs.argmax()) == label_index[truth]
+            shown = decide(smoother.ema, loop.k, loop.threshold)
+            tally.count(shown, smoother.probs, truth, loop.label_index)
             t4 = perf()
-            if opt.json:
-                tops = ", ".join(f'{{"label": {quoted[i]}, "prob": {ema[i]:.4f}}}' for i in top)
-                out.write(f'{{"frame": {frames}, "top": [{tops}], '
-                          f'"label": {_UNCERTAIN if unsure else quoted[best]}, '
-                          f'"uncertain": {"true" if unsure else "false"}, '
-                          f'"truth": {"null" if truth is None else json.dumps(truth)}, '
-                          f'"latency_ms": {{"capture": {(t1 - t0) * 1e3:.3f}, "preprocess": {(t2 - t1) * 1e3:.3f}, '
-                          f'"inference": {(t3 - t2) * 1e3:.3f}, "total": {(t4 - t0) * 1e3:.3f}}}}}\n')
-                if flush:
-                    out.flush()
-            elif opt.headless and t4 - last_status >= 1.0:
-                # Headless text mode: a status line a second, not one per frame.
-                last_status = t4
-                out.write(f"frame {frames}: {'uncertain' if unsure else labels[best]} {p_best:.2f}  "
-                          f"({(t4 - t0) * 1e3:.2f} ms)\n")
-                out.flush()
-            if draw:
-                dt = perf() - t0
-                fps_ema = 1.0 / dt if not fps_ema else 0.9 * fps_ema + 0.1 / max(dt, 1e-6)
-                draw_overlay(frame, [labels[i] for i in top], [float(ema[i]) for i in top], unsure, fps_ema,
-                             (t4 - t0) * 1e3, truth, guide=None if roi.is_full else runner.box)
-                if opt.record is not None:
-                    writer = writer or _open_writer(opt.record, frame, src.fps)
-                    writer.write(frame)
-                if show and not _show(frame):
-                    stopped = "user"
-                    ring[frames % RING] = (t1 - t0, t2 - t1, t3 - t2, t4 - t0)
-                    frames += 1
-                    break
-            ring[frames % RING] = (t1 - t0, t2 - t1, t3 - t2, t4 - t0)
-            frames += 1
-            # One attribute test per frame; a frame is drawn and copied only when the server's encoder asked.
-            if hub is not None and (hub.wants_frame or t4 >= hub.status_due):
-                if hub.wants_frame:
-                    if not draw:  # the window and --record draw every frame; the server needs only this one
-                        draw_overlay(frame, [labels[i] for i in top], [float(ema[i]) for i in top], unsure,
-                                     hub.fps, (t4 - t0) * 1e3, truth, guide=None if roi.is_full else runner.box)
-                    hub.publish_frame(frame)
-                if t4 >= hub.status_due:
-                    hub.publish_status(t4, frames, uncertain_n, [(labels[i], float(ema[i])) for i in top],
-                                       "uncertain" if unsure else labels[best], ring, STAGES, labelled, correct)
-            if frames == 100:
-                rss_start = rss_mb()
+            times = (t1 - t0, t2 - t1, t3 - t2, t4 - t0)
+            emit(loop, out, shown, truth, times, t4)
+            go_on = not loop.draws or show_frame(loop, frame, shown, truth, times[3] * 1e3, perf() - t0)
+            ring[tally.frames % RING] = times
+            tally.frames += 1
+            if not go_on:
+                stopped = "user"
+                break
+            if loop.server is not None:
+                serve_frame(loop, frame, shown, truth, times[3] * 1e3, t4)
+            if tally.frames == 100:
+                loop.rss_start = rss_mb()
         else:
             stopped = "max frames"
     except KeyboardInterrupt:
         stopped = "interrupted"
     finally:
         elapsed = perf() - t_start
-        if server is not None:
-            server.stop()
-        src_stats = src.stats()
-        src.close()
-        if writer is not None:
-            writer.release()
-        if show:
-            cv2.destroyAllWindows()
-    if frames == 0 and failure is None and stopped == "end of stream":
+        src_stats = close_loop(loop)
+    if tally.frames == 0 and failure is None and stopped == "end of stream":
         # A source whose every frame failed to decode would otherwise "succeed" with an empty summary.
         skipped = src_stats.get("skipped")
         why = f"none of its {skipped} image(s) could be read" if skipped else "no frame could be read"
         raise SourceError(f"{src.name}: {why}; 0 frames classified")
-    summary = {
-        "frames": frames, "seconds": round(elapsed, 3), "fps": round(frames / elapsed, 1) if elapsed else None,
-        "latency_ms": _percentiles(ring, frames), "peak_rss_mb": _round(peak_rss_mb()),
-        "rss_mb": {"after_100_frames": _round(rss_start), "end": _round(rss_mb())},
-        "stopped": stopped, "model": str(opt.model), "source": src.name, "source_stats": src_stats,
-        "threads": opt.threads, "spin": opt.spin, "smooth": alpha, "threshold": threshold,
-        "roi": str(roi), "uncertain_frames": uncertain_n,
-    }
-    if server is not None:
-        summary["serve"] = server.stats()
-    if labelled:
-        summary.update(accuracy=round(correct / labelled, 4), accuracy_unsmoothed=round(correct_raw / labelled, 4),
-                       labelled_frames=labelled)
-    if opt.json:
-        out.write(json.dumps({"summary": summary}) + "\n")
-    else:
-        out.write(format_summary(summary) + "\n")
+    summary = summarize(loop, elapsed, stopped, src_stats)
+    out.write((json.dumps({"summary": summary}) if opt.json else format_summary(summary)) + "\n")
     out.flush()
     if failure is not None:
         raise failure
+    return summary
+
+
+def summarize(loop: Loop, elapsed: float, stopped: str, src_stats: dict) -> dict:
+    opt, t = loop.opt, loop.tally
+    summary = {
+        "frames": t.frames, "seconds": round(elapsed, 3), "fps": round(t.frames / elapsed, 1) if elapsed else None,
+        "latency_ms": _percentiles(loop.ring, t.frames), "peak_rss_mb": _round(peak_rss_mb()),
+        "rss_mb": {"after_100_frames": _round(loop.rss_start), "end": _round(rss_mb())},
+        "stopped": stopped, "model": str(opt.model), "source": loop.src.name, "source_stats": src_stats,
+        "threads": opt.threads, "spin": opt.spin, "smooth": loop.smoother.alpha, "threshold": loop.threshold,
+        "roi": str(loop.roi), "uncertain_frames": t.uncertain,
+    }
+    if loop.server is not None:
+        summary["serve"] = loop.server.stats()
+    if t.labelled:
+        summary.update(accuracy=round(t.correct / t.labelled, 4),
+                       accuracy_unsmoothed=round(t.correct_raw / t.labelled, 4), labelled_frames=t.labelled)
     return summary
 
 
