@@ -295,6 +295,36 @@ def _log(*args) -> None:
     print(*args, flush=True)
 
 
+def batch_loss(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, meta: ModelMeta, cfg: TrainConfig,
+               g: torch.Generator, *, channels_last: bool = False) -> "tuple[torch.Tensor, torch.Tensor, torch.Tensor]":
+    """One training batch through augmentation, mixing and the model: (loss, the garment rows' logits, their
+    labels). With --empty-frames some rows become garment-free scenes, which have no label."""
+    device = xb.device
+    empty = torch.rand(len(yb), generator=g, device=device) < cfg.empty_frames if cfg.empty_frames else None
+    x = batch_to_input(xb, meta, cfg.augment, g, empty=empty)
+    y = yb
+    if empty is not None:
+        # Garment rows first, mixed among themselves only; the empty rows after them.
+        x, y = torch.cat([x[~empty], x[empty]]), y[~empty]
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    ng = len(y)
+    xg, y2, lam = mix_batch(x[:ng], y, cfg.mixup, cfg.cutmix, g)
+    x = torch.cat([xg, x[ng:]]) if ng < len(x) else xg
+    with _autocast(device, cfg.amp):
+        logits = model(x)
+        lg = logits[:ng].float()
+        loss = F.cross_entropy(lg, y, label_smoothing=cfg.label_smoothing) if ng else lg.sum()
+        if y2 is not None and ng:
+            loss = lam * loss + (1 - lam) * F.cross_entropy(lg, y2, label_smoothing=cfg.label_smoothing)
+        if ng < len(x):
+            # Outlier exposure (Hendrycks et al. 2019): an empty scene's target is the uniform distribution, so
+            # its top probability stays under the camera's threshold: 'uncertain'.
+            away = -logits[ng:].float().log_softmax(1).mean(1)
+            loss = (loss * ng + cfg.empty_weight * away.sum()) / len(x)
+    return loss, lg, y
+
+
 def train_one_epoch(model: nn.Module, split: Split, meta: ModelMeta, optimizer: torch.optim.Optimizer,
                     cfg: TrainConfig, epoch: int, *, device: torch.device, scaler=None, base_lrs=None,
                     lr_scale: float = 1.0, progress: bool = True, dist: Dist = Dist()) -> dict:
@@ -336,29 +366,8 @@ def train_one_epoch(model: nn.Module, split: Split, meta: ModelMeta, optimizer: 
                 for group, base in zip(optimizer.param_groups, base_lrs):
                     group["lr"] = base * f
             idx = perm[i * bs:(i + 1) * bs]
-            empty = (torch.rand(len(idx), generator=g, device=device) < cfg.empty_frames
-                     if cfg.empty_frames else None)
-            x = batch_to_input(split.x[idx], meta, cfg.augment, g, empty=empty)
-            y = split.y[idx]
-            if empty is not None:
-                # Garment rows first, mixed among themselves only; the empty rows after them have no label.
-                x, y = torch.cat([x[~empty], x[empty]]), y[~empty]
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            loss, lg, y = batch_loss(model, split.x[idx], split.y[idx], meta, cfg, g, channels_last=channels_last)
             ng = len(y)
-            xg, y2, lam = mix_batch(x[:ng], y, cfg.mixup, cfg.cutmix, g)
-            x = torch.cat([xg, x[ng:]]) if ng < len(x) else xg
-            with _autocast(device, cfg.amp):
-                logits = model(x)
-                lg = logits[:ng].float()
-                loss = F.cross_entropy(lg, y, label_smoothing=cfg.label_smoothing) if ng else lg.sum()
-                if y2 is not None and ng:
-                    loss = lam * loss + (1 - lam) * F.cross_entropy(lg, y2, label_smoothing=cfg.label_smoothing)
-                if ng < len(x):
-                    # Outlier exposure (Hendrycks et al. 2019): an empty scene's target is the uniform
-                    # distribution, so its top probability stays under the camera's threshold: 'uncertain'.
-                    away = -logits[ng:].float().log_softmax(1).mean(1)
-                    loss = (loss * ng + cfg.empty_weight * away.sum()) / len(x)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
