@@ -426,23 +426,21 @@ def check(models: Sequence[str], *, subset: int = DEFAULT_SUBSET, cache: Optiona
             "note": "wall times under emulation are qemu's, not a Raspberry Pi's speed"}
 
 
+def _drop(key: str):
+    return lambda row: f"{row[key]:+.2f}pp" if key in row else "-"
+
+
 def format_table(r: dict) -> str:
     c = r["emulated_cpu"]
-    lines = [f"emulated CPU: {c['name']} ({c['core']}, /proc/cpuinfo part {c['cpuinfo_part']}, qemu -cpu "
-             f"{c['qemu_cpu']}); onnxruntime {c['onnxruntime']} under emulation sees {c['machine']} with HWCAP "
-             f"{' '.join(c['hwcap'])}, device {c['onnxruntime_device']}",
-             f"subset: up to {r['subset']} images of each model's test split (eval --limit, stratified, seeded)",
-             "",
-             f"{'file':<44}{'prec':>5}{'images':>7}{'x86 acc':>9}{'ARM acc':>9}{'agree':>9}{'differ':>7}"
-             f"{'ARM drop':>10}"]
-    for row in r["rows"]:
-        drop = f"{row['arm_drop_pp']:+.2f}pp" if "arm_drop_pp" in row else "-"
-        lines.append(f"{_row_name(row, 44)}{row['precision']:>5}{row['images']:>7}{row['x86_accuracy']:>9.4f}"
-                     f"{row['arm_accuracy']:>9.4f}"
-                     f"{row['agreement']:>9.2%}{row['disagreements']:>7}{drop:>10}")
-    return _table_end(lines, r, f"set-up {r['setup_wall_s']} s, whole check {r['wall_s']} s wall ({r['note']})",
-                      f"ok: FP32 agreement >= {r['min_fp32_agreement']:.1%}, INT8 on ARM within {r['max_drop_pp']} pp "
-                      f"of FP32")
+    head = [f"emulated CPU: {c['name']} ({c['core']}, /proc/cpuinfo part {c['cpuinfo_part']}, qemu -cpu "
+            f"{c['qemu_cpu']}); onnxruntime {c['onnxruntime']} under emulation sees {c['machine']} with HWCAP "
+            f"{' '.join(c['hwcap'])}, device {c['onnxruntime_device']}"]
+    columns = [("prec", 5, "precision", "s"), ("images", 7, "images", "d"), ("x86 acc", 9, "x86_accuracy", ".4f"),
+               ("ARM acc", 9, "arm_accuracy", ".4f"), ("agree", 9, "agreement", ".2%"),
+               ("differ", 7, "disagreements", "d"), ("ARM drop", 10, _drop("arm_drop_pp"), "s")]
+    return _table(r, head, 44, columns, f"set-up {r['setup_wall_s']} s, whole check {r['wall_s']} s wall "
+                  f"({r['note']})", f"ok: FP32 agreement >= {r['min_fp32_agreement']:.1%}, INT8 on ARM within "
+                  f"{r['max_drop_pp']} pp of FP32")
 
 
 def _row_name(row: dict, width: int) -> str:
@@ -450,7 +448,14 @@ def _row_name(row: dict, width: int) -> str:
     return f"{name:<{width}}"
 
 
-def _table_end(lines: List[str], r: dict, timing: str, ok: str) -> str:
+def _table(r: dict, head: List[str], name_width: int, columns: list, timing: str, ok: str) -> str:
+    """A check's text table: `head` lines, the subset, a row per file with `columns` (title, width, row key or
+    function, format), then the timing and the failures (or `ok`)."""
+    lines = [*head, f"subset: up to {r['subset']} images of each model's test split (eval --limit, stratified, "
+                    f"seeded)", "", f"{'file':<{name_width}}" + "".join(f"{t:>{w}}" for t, w, _, _ in columns)]
+    for row in r["rows"]:
+        cells = [(key(row) if callable(key) else row[key], w, fmt) for _, w, key, fmt in columns]
+        lines.append(_row_name(row, name_width) + "".join(f"{v:>{w}{fmt}}" for v, w, fmt in cells))
     lines += ["", timing]
     lines += [f"FAIL: {f}" for f in r["failures"]] or [ok]
     return "\n".join(lines)
@@ -641,16 +646,12 @@ def cpu_guard(rows: Sequence[dict], max_drop: float = DEFAULT_MAX_DROP) -> List[
 
 
 def format_cpu_table(r: dict) -> str:
-    lines = [f"host: {r['host']['machine']} ({r['host']['family']}), onnxruntime {r['host'].get('onnxruntime')}",
-             *[f"  {k}: {v['name']} [{v['how']}]" for k, v in r["cpus"].items()],
-             f"subset: up to {r['subset']} images of each model's test split (eval --limit, stratified, seeded)", "",
-             f"{'file':<40}{'prec':>5}{'cpu':>9}{'family':>10}{'images':>7}{'acc':>9}{'agree':>9}{'differ':>7}"
-             f"{'claimed':>8}{'drop':>9}"]
-    for row in r["rows"]:
-        drop = f"{row['drop_pp']:+.2f}pp" if "drop_pp" in row else "-"
-        lines.append(f"{_row_name(row, 40)}{row['precision']:>5}{row['cpu']:>9}{row['family']:>10}{row['images']:>7}"
-                     f"{row['accuracy']:>9.4f}{row['agreement']:>9.2%}{row['disagreements']:>7}"
-                     f"{('yes' if row['claimed'] else '-'):>8}{drop:>9}")
-    return _table_end(lines, r, f"whole check {r['wall_s']} s wall ({r['note']})",
-                      "ok: INT8 files give native's answers on every family they claim; FP32 agreement >= "
-                      f"{r['min_fp32_agreement']:.1%}; INT8 within {r['max_drop_pp']} pp of FP32 on each CPU")
+    head = [f"host: {r['host']['machine']} ({r['host']['family']}), onnxruntime {r['host'].get('onnxruntime')}",
+            *[f"  {k}: {v['name']} [{v['how']}]" for k, v in r["cpus"].items()]]
+    columns = [("prec", 5, "precision", "s"), ("cpu", 9, "cpu", "s"), ("family", 10, "family", "s"),
+               ("images", 7, "images", "d"), ("acc", 9, "accuracy", ".4f"), ("agree", 9, "agreement", ".2%"),
+               ("differ", 7, "disagreements", "d"), ("claimed", 8, lambda row: "yes" if row["claimed"] else "-", "s"),
+               ("drop", 9, _drop("drop_pp"), "s")]
+    return _table(r, head, 40, columns, f"whole check {r['wall_s']} s wall ({r['note']})",
+                  "ok: INT8 files give native's answers on every family they claim; FP32 agreement >= "
+                  f"{r['min_fp32_agreement']:.1%}; INT8 within {r['max_drop_pp']} pp of FP32 on each CPU")
