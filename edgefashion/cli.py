@@ -422,6 +422,10 @@ def inspect_cmd(model_path, as_json):
 # --- predict / eval / camera: the torch-free runtime ---
 # torch-free: these commands import only edgefashion.runtime, .data and .meta (tests/test_architecture.py).
 
+_SERVE_HELP = ("Also serve the view over HTTP: / (a page with the live overlay and stats), /stream.mjpg, /status "
+               "(JSON), /snapshot.jpg. HOST defaults to 127.0.0.1, this machine only; to watch from another machine "
+               "give a host explicitly, e.g. 0.0.0.0:8080 (every network interface), and set --serve-token on a "
+               "shared network.")
 _THREADS_HELP = "onnxruntime intra-op threads [default: onnxruntime's choice, one per physical core]."
 _ROI_HELP = ("Region of interest classified: full, center:F (a centred square, F of the shorter side, e.g. "
              "center:0.7), X,Y,W,H (pixels; fractions when written with a decimal point), or model (the model's "
@@ -570,11 +574,7 @@ def eval_cmd(model, data, split, data_dir, as_json, plot, limit, batch_size, thr
 @click.option("--data-dir", default=None, help="Data root for --source demo.")
 @click.option("--roi", default="model", show_default=True,
               help=_ROI_HELP + " Drawn on the window as a 'hold the garment here' box.")
-@click.option("--serve", default=None, metavar="[HOST:]PORT",
-              help="Also serve the view over HTTP: / (a page with the live overlay and stats), /stream.mjpg, "
-                   "/status (JSON), /snapshot.jpg. HOST defaults to 127.0.0.1, this machine only; to watch from "
-                   "another machine give a host explicitly, e.g. 0.0.0.0:8080 (every network interface), and "
-                   "set --serve-token on a shared network.")
+@click.option("--serve", default=None, metavar="[HOST:]PORT", help=_SERVE_HELP)
 @click.option("--serve-fps", type=float, default=15.0, show_default=True,
               help="Most frames a second sent to viewers, whatever the loop's rate.")
 @click.option("--serve-quality", type=int, default=80, show_default=True, help="JPEG quality of served frames (1-100).")
@@ -674,6 +674,13 @@ def bench_cmd(models, threads, batch, warmup, runs, block, spin, baseline, accur
 
 # --- arm-check: the runtime on a Raspberry Pi's CPU, emulated; host side is stdlib + subprocess ---
 
+def _model_data_options(f):
+    """--data and --data-dir of the emulated checks: each model's own data set unless given."""
+    f = click.option("--data-dir", default=None, help="Data root [default: $EDGEFASHION_DATA, else "
+                     "~/.cache/edgefashion].")(f)
+    return click.option("--data", "-d", default=None, help="Data set [default: the one in each model's metadata].")(f)
+
+
 @cli.command("arm-check")
 @click.option("--model", "-m", "models", multiple=True,
               help="An export folder (its model.onnx and model.int8.onnx) or an .onnx file; repeatable "
@@ -684,8 +691,7 @@ def bench_cmd(models, threads, batch, warmup, runs, block, spin, baseline, accur
               help="pi4: Cortex-A72 (no dot product); pi5: Cortex-A76 (dot product): qemu -cpu and /proc/cpuinfo.")
 @click.option("--cache", type=click.Path(file_okay=False), default=None,
               help="Downloads and the aarch64 sysroot [default: $EDGEFASHION_ARM_CACHE, else ~/.cache/edgefashion/arm].")
-@click.option("--data", "-d", default=None, help="Data set [default: the one in each model's metadata].")
-@click.option("--data-dir", default=None, help="Data root [default: $EDGEFASHION_DATA, else ~/.cache/edgefashion].")
+@_model_data_options
 @click.option("--max-drop", type=float, default=0.5, show_default=True,
               help="Largest INT8 accuracy loss on ARM against FP32 on ARM, in percentage points (export's guard).")
 @click.option("--threads", type=int, default=1, show_default=True, help="onnxruntime threads on both machines.")
@@ -715,17 +721,18 @@ def arm_check_cmd(models, subset, board, cache, data, data_dir, max_drop, thread
     _emit_check(r, json_path, arm.format_table)
 
 
+_CPUS_HELP = ("Comma-separated: haswell (x86 AVX2 without VNNI, qemu-x86_64), nehalem (x86 SSE4.2, no AVX), vnni "
+              "(x86 with VNNI: native where the host has it, else the exact u8u8 reference), pi4, pi5 (ARM64, "
+              "qemu-aarch64); families = haswell,vnni,pi4; all = every x86 level, vnni and pi4. The native run is "
+              "always made: every other CPU is compared with it.")
+
+
 @cli.command("cpu-check")
 @click.argument("models", nargs=-1, metavar="MODEL...")
-@click.option("--cpu", "cpus", default="families", show_default=True,
-              help="Comma-separated: haswell (x86 AVX2 without VNNI, qemu-x86_64), nehalem (x86 SSE4.2, no AVX), "
-                   "vnni (x86 with VNNI: native where the host has it, else the exact u8u8 reference), pi4, pi5 "
-                   "(ARM64, qemu-aarch64); families = haswell,vnni,pi4; all = every x86 level, vnni and pi4. "
-                   "The native run is always made: every other CPU is compared with it.")
+@click.option("--cpu", "cpus", default="families", show_default=True, help=_CPUS_HELP)
 @click.option("--subset", type=int, default=2000, show_default=True,
               help="Test images per model (eval --limit: stratified, seeded, the same on every CPU).")
-@click.option("--data", "-d", default=None, help="Data set [default: the one in each model's metadata].")
-@click.option("--data-dir", default=None, help="Data root [default: $EDGEFASHION_DATA, else ~/.cache/edgefashion].")
+@_model_data_options
 @click.option("--max-drop", type=float, default=0.5, show_default=True,
               help="Largest INT8 accuracy loss against FP32 on the same CPU, in percentage points.")
 @click.option("--threads", type=int, default=1, show_default=True, help="onnxruntime threads on every CPU.")
