@@ -333,13 +333,16 @@ def reproduce(suite, epochs_scale, device, models, data_dir, limit, img_size, ou
               help="Keep an INT8 file that answers differently on a claimed CPU family; its metadata says so.")
 @click.option("--camera-roi", default=None, help="The camera's default region of interest written into the "
               "files (full, center:F or X,Y,W,H) [default: the source's].")
+@click.option("--camera-smooth", type=float, default=None,
+              help="The camera's default smoothing (EMA weight of the newest frame, 1 = none) written into the "
+                   "files, chosen like --camera-threshold [default: the source's].")
 @click.option("--camera-threshold", type=float, default=None,
               help="The camera's default 'uncertain' threshold written into the files, chosen on a camera-like "
                    "validation video (benchmarks/camera/run.py --calibrate) [default: the source's].")
 @_fails_with_message(_export_errors, interrupt=True)
 def export_cmd(src, out, quantize, opset, calib_size, max_drop, allow_drop, data_dir, parity_images,
                calib_methods, latency_runs, check_arm, arm_subset, target, cpu_check, cpu_check_subset,
-               allow_disagreement, camera_roi, camera_threshold):
+               allow_disagreement, camera_roi, camera_smooth, camera_threshold):
     """Export a trained run to ONNX (model.onnx) and INT8 (model.int8.onnx), verified, with report.json and
     report.md. SRC may also be an exported model.onnx (or its folder): it is quantized again, e.g. for
     another --target, and the folder is replaced only when every check passes.
@@ -358,7 +361,7 @@ def export_cmd(src, out, quantize, opset, calib_size, max_drop, allow_drop, data
                           calib_methods=methods, latency_runs=latency_runs, log=click.echo,
                           check_arm=check_arm, arm_subset=arm_subset, target=target, cpu_check=cpu_check,
                           cpu_check_subset=cpu_check_subset, allow_disagreement=allow_disagreement,
-                          camera_roi=camera_roi, camera_threshold=camera_threshold)
+                          camera_roi=camera_roi, camera_smooth=camera_smooth, camera_threshold=camera_threshold)
     f, i = r["fp32"], r.get("int8")
     click.echo(f"\n{'':<8}{'size':>12}{'test acc':>10}{'val acc':>10}{'b1 t1 ms':>10}")
     for name, d in (("fp32", f), ("int8", i)):
@@ -398,7 +401,8 @@ def inspect_cmd(model_path, as_json):
     click.echo(f"labels: {', '.join(m.labels)}")
     click.echo(f"preprocessing: domain {m.domain}, resize {m.resize} ({m.interpolation}), colour {m.color}, "
                f"mean {list(m.mean)}, std {list(m.std)}")
-    click.echo(f"camera: roi {m.roi}, 'uncertain' below {m.threshold:g} (the camera's defaults)")
+    click.echo(f"camera: roi {m.roi}, smoothing {m.smooth:g}, 'uncertain' below {m.threshold:g} (the camera's "
+               f"defaults)")
     if m.split:
         from .data.splits import SplitSpec
         click.echo(f"split: {SplitSpec.from_meta(m)} (how training carved the splits a data set does not ship; "
@@ -560,9 +564,9 @@ def eval_cmd(model, data, split, data_dir, as_json, plot, limit, batch_size, thr
 @click.option("--realtime", is_flag=True, help="Pace files, folders and demo at their frame rate "
                                                "[default: as fast as the loop runs].")
 @click.option("--top-k", "-k", type=int, default=3, show_default=True)
-@click.option("--smooth", type=float, default=0.5, show_default=True,
+@click.option("--smooth", type=float, default=None,
               help="EMA weight of the newest frame's probabilities (1 = no smoothing; image folders are never "
-                   "smoothed).")
+                   "smoothed) [default: the model's own, calibrated at export, else 0.5].")
 @click.option("--threshold", type=float, default=None,
               help="Below this smoothed top probability a frame says 'uncertain' instead of guessing [default: "
                    "the model's own, calibrated at export (inspect shows it), else 0.5].")

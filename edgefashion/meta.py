@@ -38,6 +38,9 @@ PHOTO_CAMERA_ROI = "center:0.7"
 # Below this smoothed top probability the camera shows 'uncertain' (ModelMeta.threshold): the default of files
 # without a calibrated one (export --camera-threshold records one chosen on a camera-like validation video).
 DEFAULT_THRESHOLD = 0.5
+# The camera's EMA weight of the newest frame's probabilities (ModelMeta.smooth; 1 = no smoothing): the default
+# of files without a calibrated one (export --camera-smooth).
+DEFAULT_SMOOTH = 0.5
 
 
 class MetaError(ValueError):
@@ -61,6 +64,8 @@ class ModelMeta:
     roi: str = ROI_FULL
     # The camera's 'uncertain' threshold on the smoothed top probability (files made before it read as 0.5).
     threshold: float = DEFAULT_THRESHOLD
+    # The camera's smoothing over frames (EMA weight of the newest; files made before it read as 0.5).
+    smooth: float = DEFAULT_SMOOTH
     # How the data set's unshipped splits were carved for training (data.splits.SplitSpec as a dict:
     # val_fraction, test_fraction, seed), so `eval --split val|test` scores the images training held out.
     # Empty in files made before it was recorded: those used SplitSpec's defaults.
@@ -106,6 +111,8 @@ class ModelMeta:
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
                 or not 0 <= self.threshold <= 1:
             raise MetaError(f"metadata threshold must be a number in [0, 1], got {self.threshold!r}")
+        if isinstance(self.smooth, bool) or not isinstance(self.smooth, (int, float)) or not 0 < self.smooth <= 1:
+            raise MetaError(f"metadata smooth must be a number in (0, 1], got {self.smooth!r}")
         try:
             Roi.parse(self.roi)
         except ValueError as e:

@@ -19,7 +19,7 @@ from edgefashion.runtime.preprocess import crop_roi, preprocess
 LABELS = ["dress", "hat", "longsleeve", "outwear", "pants", "shirt", "shoes", "shorts", "skirt", "t-shirt"]
 
 
-def tiny_photo_model(path: Path, roi=None, drop_roi_key=False, threshold=None) -> Path:
+def tiny_photo_model(path: Path, roi=None, drop_roi_key=False, threshold=None, smooth=None) -> Path:
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
     rng = np.random.default_rng(0)
@@ -38,6 +38,8 @@ def tiny_photo_model(path: Path, roi=None, drop_roi_key=False, threshold=None) -
         meta = meta.replace(roi=roi)
     if threshold is not None:
         meta = meta.replace(threshold=threshold)
+    if smooth is not None:
+        meta = meta.replace(smooth=smooth)
     props = meta.to_onnx_props()
     if drop_roi_key:  # a file exported before ModelMeta had `roi`
         d = json.loads(props["edgefashion"])
@@ -133,7 +135,7 @@ def test_camera_roi_default_from_metadata_option_and_guide_box(tmp_path, frame):
     assert p.returncode == 1 and "center:3" in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
 
-def test_camera_threshold_default_from_metadata_and_option(tmp_path, frame):
+def test_camera_threshold_and_smoothing_defaults_from_metadata_and_options(tmp_path, frame):
     video = _video(tmp_path / "clip.mp4", frame)
     sure = tiny_photo_model(tmp_path / "t0.onnx", threshold=0.0)  # never uncertain
     unsure = tiny_photo_model(tmp_path / "t1.onnx", threshold=1.0)  # always uncertain (10 classes: p < 1)
@@ -147,6 +149,14 @@ def test_camera_threshold_default_from_metadata_and_option(tmp_path, frame):
     assert "'uncertain' below 1" in run_cli("inspect", unsure).stdout
     with pytest.raises(MetaError, match="threshold"):
         photo_meta("x", LABELS, 32).replace(threshold=1.5)
+    # The smoothing likewise: the file's own, else 0.5; --smooth overrides it.
+    assert s0["smooth"] == 0.5
+    raw = tiny_photo_model(tmp_path / "s1.onnx", smooth=1.0)
+    assert _summary(run_cli(*base, "--model", raw).stdout)["smooth"] == 1.0
+    assert _summary(run_cli(*base, "--model", raw, "--smooth", "0.3").stdout)["smooth"] == 0.3
+    assert "smoothing 1," in run_cli("inspect", raw).stdout
+    with pytest.raises(MetaError, match="smooth"):
+        photo_meta("x", LABELS, 32).replace(smooth=0)
 
 
 def test_predict_and_eval_accept_roi(tmp_path, frame):

@@ -30,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_MODEL = REPO / "export" / "resnet10-clothing-small" / "model.int8.onnx"
 DEFAULT_ROIS = "full,center:0.9,center:0.8,center:0.7,center:0.6,center:0.5"
 SWEEP = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+MODEL = "model"  # --roi/--threshold/--smooth value: the model's own camera default (its metadata)
 # --calibrate: the camera's defaults for a model, chosen on the calibration video (validation photos over the
 # TRAINING backgrounds, never the benchmark): the (roi, threshold) with the best item-majority accuracy among
 # those that keep at least this share of background-only frames 'uncertain'.
@@ -37,9 +38,11 @@ CALIBRATION_THRESHOLDS = tuple(round(0.2 + 0.025 * i, 3) for i in range(29))  # 
 MIN_BACKGROUND_UNCERTAIN = 0.9
 
 
-def run_camera(model: Path, video: Path, roi: str, threshold: float, extra=()) -> tuple:
+def run_camera(model: Path, video: Path, roi: str, threshold: str, smooth: str = MODEL, extra=()) -> tuple:
+    """The camera's per-frame JSON and summary; `model` for roi, threshold or smooth leaves the model's own."""
+    own = [[flag, v] for flag, v in (("--threshold", threshold), ("--smooth", smooth)) if v != MODEL]
     cmd = [sys.executable, "-m", "edgefashion", "camera", "--model", str(model), "--source", str(video),
-           "--headless", "--json", "--threads", "1", "--roi", roi, "--threshold", str(threshold), *extra]
+           "--headless", "--json", "--threads", "1", "--roi", roi, *[x for pair in own for x in pair], *extra]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     if p.returncode != 0:
@@ -71,15 +74,16 @@ def score(frames: list, labels: dict, threshold: float) -> dict:
     }
 
 
-def calibrate(frames_by_roi: dict, labels: dict) -> dict:
-    """The (roi, threshold) with the best item-majority accuracy (then frames right) among those keeping
-    MIN_BACKGROUND_UNCERTAIN of background-only frames 'uncertain'; the strictest threshold if none does."""
-    cands = [(roi, t, score(frames, labels, t)) for roi, frames in frames_by_roi.items()
+def calibrate(frames_by_setting: dict, labels: dict) -> dict:
+    """Over runs keyed by (roi, smooth): the (roi, smooth, threshold) with the best item-majority accuracy (then
+    frames right) among those keeping MIN_BACKGROUND_UNCERTAIN of background-only frames 'uncertain'; the
+    strictest threshold if none does."""
+    cands = [(setting, t, score(frames, labels, t)) for setting, frames in frames_by_setting.items()
              for t in CALIBRATION_THRESHOLDS]
     ok = [c for c in cands if (c[2]["background_uncertain"] or 0) >= MIN_BACKGROUND_UNCERTAIN]
-    roi, t, s = max(ok or cands, key=lambda c: ((c[2]["item_majority_accuracy"], c[2]["frame_accuracy"]) if ok
-                                                 else (c[2]["background_uncertain"] or 0, c[1])))
-    return {"roi": roi, "threshold": t, "scores": s, "met_background_target": bool(ok),
+    (roi, smooth), t, s = max(ok or cands, key=lambda c: ((c[2]["item_majority_accuracy"], c[2]["frame_accuracy"])
+                                                         if ok else (c[2]["background_uncertain"] or 0, c[1])))
+    return {"roi": roi, "smooth": smooth, "threshold": t, "scores": s, "met_background_target": bool(ok),
             "min_background_uncertain": MIN_BACKGROUND_UNCERTAIN}
 
 
@@ -87,24 +91,24 @@ def write_md(results: dict, path: Path) -> None:
     lines = [f"# Camera benchmark: {results['video']}", "",
              f"{results['labels']['frames']} frames ({results['labels']['items']} items x {results['labels']['hold']} "
              f"frames, {results['runs'][0]['scores']['background_frames']} background-only frames), 640x480; "
-             f"`edgefashion camera --headless --json --threads 1`, threshold {results['threshold']}, smoothing "
-             f"as the camera's default. Made by `{results['command']}` on {results['machine']}.", "",
-             "| model | roi | frames right | item majority right | top-1 (any confidence) | garment uncertain "
+             f"`edgefashion camera --headless --json --threads 1` with each row's roi, smoothing and threshold "
+             f"('model': the file's own camera defaults). Made by `{results['command']}` on {results['machine']}.", "",
+             "| model | roi | smooth | threshold | frames right | item majority right | top-1 (any confidence) | garment uncertain "
              "| background uncertain | FPS |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results["runs"]:
         s = r["scores"]
-        lines.append(f"| {r['name']} | {r['roi']} | {s['frame_accuracy']:.1%} | {s['item_majority_accuracy']:.1%} | "
+        lines.append(f"| {r['name']} | {r['roi']} | {r['smooth']} | {s['threshold']} | {s['frame_accuracy']:.1%} | {s['item_majority_accuracy']:.1%} | "
                      f"{s['frame_top1']:.1%} | {s['garment_uncertain']:.1%} | {s['background_uncertain']:.1%} | "
                      f"{r['fps']} |")
     lines += ["", "Other thresholds, scored from the same runs (frames right / item majority / background "
                   "uncertain):", "",
-              "| model | roi | " + " | ".join(f"t={t}" for t in SWEEP) + " |",
-              "| --- | --- | " + " | ".join("---" for _ in SWEEP) + " |"]
+              "| model | roi | smooth | " + " | ".join(f"t={t}" for t in SWEEP) + " |",
+              "| --- | --- | ---: | " + " | ".join("---" for _ in SWEEP) + " |"]
     for r in results["runs"]:
         cells = [f"{s['frame_accuracy']:.0%} / {s['item_majority_accuracy']:.0%} / {s['background_uncertain']:.0%}"
                  for s in r["sweep"]]
-        lines.append(f"| {r['name']} | {r['roi']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['name']} | {r['roi']} | {r['smooth']} | " + " | ".join(cells) + " |")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -124,10 +128,11 @@ def plot(results: dict, path: Path) -> None:
         w = 0.27
         for k, (key, lab) in enumerate(metrics):
             ax.bar([i + (k - 1) * w for i in x], [r["scores"][key] for r in rs], w, label=lab)
-        ax.set_xticks(list(x), [r["roi"] for r in rs], rotation=20)
+        ax.set_xticks(list(x), [r["roi"] + ("" if len({q["smooth"] for q in rs}) == 1 else f"\nsmooth {r['smooth']}")
+                                for r in rs], rotation=20)
         ax.set_ylim(0, 1)
         ax.axhline(0.8, color="grey", lw=0.8, ls="--")
-        ax.set_title(f"{name} (threshold {results['threshold']})")
+        ax.set_title(f"{name} (threshold {', '.join(sorted({str(r['scores']['threshold']) for r in rs}))})")
         ax.set_xlabel("--roi")
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend(loc="upper left", fontsize=8)
@@ -143,10 +148,11 @@ def main() -> None:
     ap.add_argument("--model", action="append", default=None, help="Model file (repeatable) [default: bundled].")
     ap.add_argument("--name", action="append", default=None, help="A name per --model for the table.")
     ap.add_argument("--roi", default=DEFAULT_ROIS, help="Comma-separated list; split on ';' for X,Y,W,H ROIs.")
-    ap.add_argument("--threshold", type=float, default=0.5)
+    ap.add_argument("--threshold", default="0.5", help="A number, or model: the model's own (its metadata).")
+    ap.add_argument("--smooth", default="0.5", help="Comma-separated EMA weights (1 = none), or model.")
     ap.add_argument("--out", default=str(HERE / "results"), help="Writes OUT.json, OUT.md and OUT.png.")
     ap.add_argument("--calibrate", action="store_true",
-                    help="Also choose each model's camera defaults (roi, threshold) from these runs: the best "
+                    help="Also choose each model's camera defaults (roi, smooth, threshold) from these runs: the best "
                          f"item-majority accuracy with >= {MIN_BACKGROUND_UNCERTAIN:.0%} of background frames "
                          "uncertain. Run it on the calibration video (make_videos.py --split val --backgrounds "
                          "train), never on the benchmark.")
@@ -156,17 +162,21 @@ def main() -> None:
     models = [Path(m) for m in (args.model or [DEFAULT_MODEL])]
     names = args.name or [m.parent.name for m in models]
     rois = args.roi.split(";") if ";" in args.roi else args.roi.split(",")
+    smooths = args.smooth.split(",")
     runs, frames_of = [], {}
     for model, name in zip(models, names):
-        for roi in rois:
+        for roi, smooth in [(r, sm) for r in rois for sm in smooths]:
             t = time.perf_counter()
-            frames, summary, cmd = run_camera(model, video, roi, args.threshold)
-            frames_of[(name, roi)] = frames
-            s = score(frames, labels, args.threshold)
-            runs.append({"name": name, "model": str(model), "roi": roi, "scores": s, "fps": summary["fps"],
+            frames, summary, cmd = run_camera(model, video, roi, args.threshold, smooth)
+            frames_of[(name, summary["roi"], summary["smooth"])] = frames
+            # What the camera used (the model's own defaults where asked for them), as it reports them.
+            roi, smooth = summary["roi"], summary["smooth"]
+            s = score(frames, labels, summary["threshold"])
+            runs.append({"name": name, "model": str(model), "roi": roi, "smooth": smooth, "scores": s,
+                         "fps": summary["fps"],
                          "latency_ms": summary["latency_ms"], "sweep": [score(frames, labels, th) for th in SWEEP],
                          "command": " ".join(["edgefashion", *cmd[3:]])})
-            print(f"{name} roi={roi}: frames right {s['frame_accuracy']:.3f}, item majority "
+            print(f"{name} roi={roi} smooth={smooth} threshold={summary['threshold']}: frames right {s['frame_accuracy']:.3f}, item majority "
                   f"{s['item_majority_accuracy']:.3f}, top-1 {s['frame_top1']:.3f}, background uncertain "
                   f"{s['background_uncertain']:.3f}, {summary['fps']} FPS ({time.perf_counter() - t:.0f} s)",
                   flush=True)
@@ -175,13 +185,13 @@ def main() -> None:
                " ".join(sys.argv[1:]), "labels": {k: labels[k] for k in ("frames", "items", "hold", "seed",
                                                                          "backgrounds")}, "runs": runs}
     if args.calibrate:
-        results["calibration"] = {name: calibrate({roi: frames_of[(name, roi)] for roi in rois}, labels)
-                                  for name in names}
+        results["calibration"] = {name: calibrate({key[1:]: f for key, f in frames_of.items() if key[0] == name},
+                                                  labels) for name in names}
         for name, c in results["calibration"].items():
-            print(f"{name}: calibrated camera defaults roi {c['roi']}, threshold {c['threshold']} "
+            print(f"{name}: calibrated camera defaults roi {c['roi']}, smooth {c['smooth']}, threshold {c['threshold']} "
                   f"(item majority {c['scores']['item_majority_accuracy']:.3f}, frames right "
                   f"{c['scores']['frame_accuracy']:.3f}, background uncertain "
-                  f"{c['scores']['background_uncertain']:.3f}): export --camera-roi {c['roi']} "
+                  f"{c['scores']['background_uncertain']:.3f}): export --camera-roi {c['roi']} --camera-smooth {c['smooth']} "
                   f"--camera-threshold {c['threshold']}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -47,7 +47,7 @@ class CameraOptions:
     record: Optional[Path] = None
     realtime: bool = False
     top_k: int = 3
-    smooth: float = 0.5  # EMA weight of the newest frame; 1 = no smoothing
+    smooth: Optional[float] = None  # EMA weight of the newest frame; 1 = no smoothing; None: the model's
     threshold: Optional[float] = None  # below this smoothed top probability "uncertain"; None: the model's
     retries: Optional[int] = None
     retry_delay: Optional[float] = None
@@ -71,7 +71,7 @@ class CameraOptions:
                 raise ValueError(f"--serve-quality must be in [1, 100], got {self.serve_quality}")
             if self.serve_max_clients < 1:
                 raise ValueError(f"--serve-max-clients must be positive, got {self.serve_max_clients}")
-        if not 0 < self.smooth <= 1:
+        if self.smooth is not None and not 0 < self.smooth <= 1:
             raise ValueError(f"--smooth must be in (0, 1], got {self.smooth}")
         if self.threshold is not None and not 0 <= self.threshold <= 1:
             raise ValueError(f"--threshold must be in [0, 1], got {self.threshold}")
@@ -308,7 +308,8 @@ def open_loop(opt: CameraOptions, log: Callable[[str], None]) -> Loop:
     src = open_source(opt.source, meta, realtime=opt.realtime, retry=RetryPolicy.from_env(opt.retries, opt.retry_delay),
                       data_root=Path(opt.data_dir) if opt.data_dir else None, log=log)
     # Image folders are unrelated pictures: smoothing across them would blend different garments.
-    alpha = 1.0 if src.__class__.__name__ == "ImageFolderSource" else float(opt.smooth)
+    alpha = 1.0 if src.__class__.__name__ == "ImageFolderSource" else float(
+        opt.smooth if opt.smooth is not None else meta.smooth)
     loop = Loop(opt=opt, meta=meta, roi=roi, threshold=threshold, runner=FrameRunner(clf, roi), src=src,
                 smoother=Smoother(meta.num_classes, alpha), k=min(opt.top_k, meta.num_classes),
                 label_index={lab: i for i, lab in enumerate(meta.labels)},

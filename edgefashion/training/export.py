@@ -377,7 +377,8 @@ def export_checkpoint(src: str | Path, out_dir: str | Path | None = None, *, qua
                       latency_runs: int = 200, cpu: dict | None = None, target: str = "portable",
                       cpu_check: bool = True, cpu_check_subset: int = 2000, allow_disagreement: bool = False,
                       log: Callable[[str], None] = print, check_arm: bool = False, arm_subset: int = 2000,
-                      camera_roi: str | None = None, camera_threshold: float | None = None) -> dict:
+                      camera_roi: str | None = None, camera_smooth: float | None = None,
+                      camera_threshold: float | None = None) -> dict:
     """Export `src` into `out_dir` (default export/<model>-<dataset>); returns the report (also report.json).
     `src`: a run folder or checkpoint, or an exported FP32 model.onnx (or its folder) to quantize again, e.g.
     for another --target. Raises ExportError when a check fails; the destination is then left as it was.
@@ -386,7 +387,8 @@ def export_checkpoint(src: str | Path, out_dir: str | Path | None = None, *, qua
     (int8 static, kept only when within max_drop and faster than FP32 on this CPU; see _auto_keep).
     target: the CPU families the INT8 answers must hold on (quantize.target_settings); with `cpu_check` they
     are verified there image by image. `cpu` overrides detect_cpu() for target "native". camera_roi /
-    camera_threshold: the camera's defaults to record in the files (ModelMeta.roi, .threshold)."""
+    camera_smooth / camera_threshold: the camera's defaults to record in the files (ModelMeta.roi, .smooth,
+    .threshold)."""
     if quantize not in QUANTIZE_MODES:
         raise ExportError(f"--quantize {quantize!r}: choose from {', '.join(QUANTIZE_MODES)}")
     mode = "int8" if quantize == "auto" else quantize
@@ -405,13 +407,14 @@ def export_checkpoint(src: str | Path, out_dir: str | Path | None = None, *, qua
         raise ExportError(f"{out_dir}: exists and is not a folder")
     data = load_run_data(source, data_dir, calib_size, parity_images, log)
     created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
-    camera = {k: v for k, v in (("roi", camera_roi), ("threshold", camera_threshold)) if v is not None}
+    camera = {k: v for k, v in (("roi", camera_roi), ("smooth", camera_smooth), ("threshold", camera_threshold))
+              if v is not None}
     try:
         meta = source.meta.replace(dataset=source.meta.dataset or str(source.cfg.get("data") or ""),
                                    split=source.meta.split or SplitSpec.from_meta(source.meta).to_dict(),
                                    extra=provenance(source, created), **camera)
     except MetaError as e:
-        raise ExportError(f"--camera-roi/--camera-threshold: {e}") from None
+        raise ExportError(f"--camera-roi/--camera-smooth/--camera-threshold: {e}") from None
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = _new_sibling(out_dir, "tmp")
