@@ -603,7 +603,7 @@ def resnet20(in_chans: int, num_classes: int, img_size: int) -> nn.Module:
 
 @register_model("resnet10", in_chans=3, img_size=96, domain="photo",
                 source="ResNet follow-up, ResNet-10 for camera photos: one BasicBlock per stage, 32-256 channels",
-                **dict(_RESNET, batch_size=64, epochs=150, augment="strong", warmup_epochs=3, mixup=0.2, cutmix=1.0))
+                **dict(_RESNET, batch_size=64, epochs=150, augment="camera", warmup_epochs=3, mixup=0.2, cutmix=1.0))
 def resnet10(in_chans: int, num_classes: int, img_size: int) -> nn.Module:
     """ResNet-10 for small photos: a 3x3 stem of 32 channels (stride 2 above 64 px, as resnet18's), then 4 stages
     of one BasicBlock each at 32/64/128/256 channels (stride 2 at stages 2-4), global average pooling, Linear.
@@ -611,7 +611,9 @@ def resnet10(in_chans: int, num_classes: int, img_size: int) -> nn.Module:
     Sized for training from scratch on a few thousand photos on a CPU and for a camera on a Pi: measured here,
     at 96 px it trains at ~96 images/s on one thread (ResNet-18-like depth 1,1,2,2 at the same widths: ~64/s) and
     costs 287 MFLOPs per image. Its recipe is long (150 epochs) and strongly regularised (scale/aspect/colour
-    jitter, erasing, mixup/CutMix, label smoothing): small data sets need many passes more than depth.
+    jitter, erasing, mixup/CutMix, label smoothing): small data sets need many passes more than depth. Its
+    augmentation is the camera domain's (`camera`: garments composited onto real scenes under camera conditions,
+    and garment-free scenes trained to be 'uncertain'), as it is the model `edgefashion camera` runs.
 
     ResNet follow-up. 1.23M params at 3x96x96, 10 classes.
     """
