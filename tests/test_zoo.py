@@ -131,7 +131,9 @@ def test_entry_fields_and_recipe(name):
     assert set(entry.recipe) == set(RECIPE_DEFAULTS)
     assert entry.recipe["optimizer"] in ("adam", "sgd")
     assert entry.recipe["scheduler"] in ("plateau", "cosine", "none")
-    assert entry.recipe["augment"] in ("none", "carousell", "resnet", "strong")
+    assert entry.recipe["augment"] in ("none", "carousell", "resnet", "strong", "camera")
+    # The camera domain is for photo models: Fashion-MNIST has no scene to composite onto.
+    assert entry.recipe["augment"] != "camera" or entry.domain == "photo"
     assert entry.recipe["lr"] > 0 and entry.recipe["epochs"] > 0 and entry.recipe["batch_size"] > 0
     # The docstring cites the seed report row, like the source field.
     doc = entry.build.__doc__ or ""
