@@ -74,6 +74,11 @@ def score(frames: list, labels: dict, threshold: float) -> dict:
     }
 
 
+def _repo_relative(path: Path) -> str:
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(path)
+
+
 def calibrate(frames_by_setting: dict, labels: dict) -> dict:
     """Over runs keyed by (roi, smooth): the (roi, smooth, threshold) with the best item-majority accuracy (then
     frames right) among those keeping MIN_BACKGROUND_UNCERTAIN of background-only frames 'uncertain'; the
@@ -101,6 +106,23 @@ def write_md(results: dict, path: Path) -> None:
         lines.append(f"| {r['name']} | {r['roi']} | {r['smooth']} | {s['threshold']} | {s['frame_accuracy']:.1%} | {s['item_majority_accuracy']:.1%} | "
                      f"{s['frame_top1']:.1%} | {s['garment_uncertain']:.1%} | {s['background_uncertain']:.1%} | "
                      f"{r['fps']} |")
+    if results.get("demo"):
+        lines += ["", "The demo (`edgefashion camera --source demo`: the package's 50 test photos over held-out scenes), "
+                      "each model with its own camera defaults:", "",
+                  "| model | frames | live accuracy | uncertain frames | roi | smooth | threshold | FPS |",
+                  "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
+        for name, d in results["demo"].items():
+            lines.append(f"| {name} | {d['frames']} | {d['accuracy']:.1%} | {d['uncertain_frames']} | {d['roi']} | "
+                         f"{d['smooth']} | {d['threshold']} | {d['fps']} |")
+    if results.get("calibration"):
+        lines += ["", f"Calibrated camera defaults (best item-majority accuracy with at least "
+                      f"{MIN_BACKGROUND_UNCERTAIN:.0%} of background frames uncertain):", "",
+                  "| model | roi | smooth | threshold | frames right | item majority right | background uncertain |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+        for name, c in results["calibration"].items():
+            sc = c["scores"]
+            lines.append(f"| {name} | {c['roi']} | {c['smooth']} | {c['threshold']} | {sc['frame_accuracy']:.1%} | "
+                         f"{sc['item_majority_accuracy']:.1%} | {sc['background_uncertain']:.1%} |")
     lines += ["", "Other thresholds, scored from the same runs (frames right / item majority / background "
                   "uncertain):", "",
               "| model | roi | smooth | " + " | ".join(f"t={t}" for t in SWEEP) + " |",
@@ -156,6 +178,9 @@ def main() -> None:
                          f"item-majority accuracy with >= {MIN_BACKGROUND_UNCERTAIN:.0%} of background frames "
                          "uncertain. Run it on the calibration video (make_videos.py --split val --backgrounds "
                          "train), never on the benchmark.")
+    ap.add_argument("--demo-frames", type=int, default=0,
+                    help="Also run `camera --source demo` (the package's demo set over held-out scenes) for N frames "
+                         "on each model with its own camera defaults, and record its live accuracy and FPS.")
     args = ap.parse_args()
     video = Path(args.video)
     labels = json.loads(video.with_suffix(".labels.json").read_text())
@@ -184,6 +209,18 @@ def main() -> None:
                f"({platform.processor() or platform.machine()})", "command": "python benchmarks/camera/run.py " +
                " ".join(sys.argv[1:]), "labels": {k: labels[k] for k in ("frames", "items", "hold", "seed",
                                                                          "backgrounds")}, "runs": runs}
+    if args.demo_frames:
+        results["demo"] = {}
+        for model, name in zip(models, names):
+            _, summary, cmd = run_camera(model, Path("demo"), MODEL, MODEL, MODEL,
+                                         extra=("--max-frames", str(args.demo_frames)))
+            results["demo"][name] = {"model": _repo_relative(model), "command": " ".join(["edgefashion", *cmd[3:]]),
+                                     **{k: summary.get(k) for k in ("frames", "accuracy", "accuracy_unsmoothed",
+                                                                    "uncertain_frames", "fps", "roi", "smooth",
+                                                                    "threshold")}}
+            d = results["demo"][name]
+            print(f"{name} demo: live accuracy {d['accuracy']}, {d['uncertain_frames']} of {d['frames']} frames "
+                  f"uncertain, {d['fps']} FPS", flush=True)
     if args.calibrate:
         results["calibration"] = {name: calibrate({key[1:]: f for key, f in frames_of.items() if key[0] == name},
                                                   labels) for name in names}
