@@ -144,22 +144,32 @@ def plot(results: dict, path: Path) -> None:
                ("item_majority_accuracy", "items: majority label right"),
                ("background_uncertain", "background-only frames 'uncertain'")]
     fig, axes = plt.subplots(1, len(names), figsize=(max(8.0, 6.5 * len(names)), 4.6), squeeze=False)
+    calibrated = results.get("calibration") or {}
     for ax, name in zip(axes[0], names):
         rs = [r for r in runs if r["name"] == name]
-        x = range(len(rs))
+        scores = [r["scores"] for r in rs]
+        ticks = [r["roi"] + ("" if len({q["smooth"] for q in rs}) == 1 else f"\nsmooth {r['smooth']}") for r in rs]
+        if name in calibrated:  # the operating point chosen, at its own threshold
+            c = calibrated[name]
+            scores.append(c["scores"])
+            ticks.append(f"calibrated\n{c['roi']}, s {c['smooth']}, t {c['threshold']}")
+        x = range(len(scores))
         w = 0.27
         for k, (key, lab) in enumerate(metrics):
-            ax.bar([i + (k - 1) * w for i in x], [r["scores"][key] for r in rs], w, label=lab)
-        ax.set_xticks(list(x), [r["roi"] + ("" if len({q["smooth"] for q in rs}) == 1 else f"\nsmooth {r['smooth']}")
-                                for r in rs], rotation=20)
+            ax.bar([i + (k - 1) * w for i in x], [sc[key] for sc in scores], w, label=lab)
+        ax.set_xticks(list(x), ticks, rotation=20, fontsize=8)
         ax.set_ylim(0, 1)
         ax.axhline(0.8, color="grey", lw=0.8, ls="--")
-        ax.set_title(f"{name} (threshold {', '.join(sorted({str(r['scores']['threshold']) for r in rs}))})")
+        ax.set_title(f"{name} (threshold {', '.join(sorted({str(r['scores']['threshold']) for r in rs}))}"
+                     f"{', and calibrated' if name in calibrated else ''})", fontsize=10)
         ax.set_xlabel("--roi")
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend(loc="upper left", fontsize=8)
-    fig.suptitle("edgefashion camera benchmark: clothing-small test garments over held-out scenes, 640x480",
-                 fontsize=10)
+    lab = results["labels"]
+    what = {"test": "clothing-small test garments", "val": "clothing-small validation garments"}.get(
+        lab.get("split"), "garments")
+    scenes = {"heldout": "held-out scenes", "train": "training scenes"}.get(lab.get("background_set"), "scenes")
+    fig.suptitle(f"edgefashion camera benchmark ({results['video']}): {what} over {scenes}, 640x480", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -207,8 +217,10 @@ def main() -> None:
                   flush=True)
     results = {"video": video.name, "threshold": args.threshold, "machine": f"{platform.node()} "
                f"({platform.processor() or platform.machine()})", "command": "python benchmarks/camera/run.py " +
-               " ".join(sys.argv[1:]), "labels": {k: labels[k] for k in ("frames", "items", "hold", "seed",
-                                                                         "backgrounds")}, "runs": runs}
+               " ".join(sys.argv[1:]), "labels": {k: labels.get(k) for k in ("frames", "items", "hold", "seed",
+                                                                          "backgrounds", "background_set")},
+               "runs": runs}
+    results["labels"]["split"] = str(labels.get("data", "")).rpartition("/")[2]
     if args.demo_frames:
         results["demo"] = {}
         for model, name in zip(models, names):
