@@ -297,6 +297,18 @@ def reproduce(suite, epochs_scale, device, models, data_dir, limit, img_size, ou
 
 # --- export / inspect (training half for export; inspect is torch-free) ---
 
+def _camera_default_options(f):
+    """export's --camera-roi, --camera-smooth and --camera-threshold: the camera's defaults written into the files
+    (ModelMeta.roi, .smooth, .threshold), chosen on a camera-like validation video."""
+    for name, kind, what in (("threshold", float, "'uncertain' threshold"),
+                             ("smooth", float, "smoothing (EMA weight of the newest frame, 1 = none)"),
+                             ("roi", str, "region of interest (full, center:F or X,Y,W,H)")):
+        f = click.option(f"--camera-{name}", type=kind, default=None,
+                         help=f"The camera's default {what} written into the files, chosen on a camera-like "
+                              f"validation video (benchmarks/camera/run.py --calibrate) [default: the source's].")(f)
+    return f
+
+
 @cli.command("export")
 @click.argument("src", metavar="RUN_DIR_OR_CHECKPOINT_OR_FP32_ONNX", type=click.Path(exists=True))
 @click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
@@ -331,14 +343,7 @@ def reproduce(suite, epochs_scale, device, models, data_dir, limit, img_size, ou
               help="Test images for the cross-CPU check.")
 @click.option("--allow-disagreement", is_flag=True,
               help="Keep an INT8 file that answers differently on a claimed CPU family; its metadata says so.")
-@click.option("--camera-roi", default=None, help="The camera's default region of interest written into the "
-              "files (full, center:F or X,Y,W,H) [default: the source's].")
-@click.option("--camera-smooth", type=float, default=None,
-              help="The camera's default smoothing (EMA weight of the newest frame, 1 = none) written into the "
-                   "files, chosen like --camera-threshold [default: the source's].")
-@click.option("--camera-threshold", type=float, default=None,
-              help="The camera's default 'uncertain' threshold written into the files, chosen on a camera-like "
-                   "validation video (benchmarks/camera/run.py --calibrate) [default: the source's].")
+@_camera_default_options
 @_fails_with_message(_export_errors, interrupt=True)
 def export_cmd(src, out, quantize, opset, calib_size, max_drop, allow_drop, data_dir, parity_images,
                calib_methods, latency_runs, check_arm, arm_subset, target, cpu_check, cpu_check_subset,

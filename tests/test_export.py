@@ -371,9 +371,16 @@ def test_first_block_fp32_file_runs_without_qdq_propagation(tiny_export, tmp_pat
 
 def test_cli_export_end_to_end(tiny_run, tmp_path):
     out = tmp_path / "cli-export"
-    p = run_cli("export", tiny_run, "--quantize", "int8", "--out", out, "--calib-size", "64", "--calib-methods",
-                "minmax", "--latency-runs", "10", "--max-drop", "100", "--no-cpu-check", cwd=tmp_path)
+    args = ("export", tiny_run, "--quantize", "int8", "--out", out, "--calib-size", "64", "--calib-methods",
+            "minmax", "--latency-runs", "10", "--max-drop", "100", "--no-cpu-check")
+    bad = run_cli(*args, "--camera-threshold", "2", cwd=tmp_path, check=False)
+    assert bad.returncode == 1 and "threshold" in bad.stderr and not out.exists()
+    p = run_cli(*args, "--camera-roi", "center:0.6", "--camera-smooth", "0.8", "--camera-threshold", "0.3",
+                cwd=tmp_path)
     assert "parity" in p.stdout and "int8" in p.stdout
+    for f in ("model.onnx", "model.int8.onnx"):  # the camera's defaults, in both files
+        m = Classifier(out / f).meta
+        assert (m.roi, m.smooth, m.threshold) == ("center:0.6", 0.8, 0.3)
     assert sorted(x.name for x in out.iterdir()) == ["model.int8.onnx", "model.onnx", "report.json", "report.md"]
     r = json.loads((out / "report.json").read_text())
     assert r["int8"]["calib_size"] == 64 and r["quantize"] == "int8"
