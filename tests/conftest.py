@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,13 @@ def shared_data() -> Path:
     if not (root / "fashion-mnist").is_dir() or not (root / "clothing-small").is_dir():
         pytest.skip(f"real data not found in {root}: set EDGEFASHION_DATA")
     return root
+
+
+def sigint_as_in_a_terminal() -> None:
+    """Popen preexec_fn for a child that a test stops with SIGINT, as Ctrl-C would: a shell started in the
+    background (`cmd &`, nohup) hands its children SIGINT ignored, and Python then never raises
+    KeyboardInterrupt; a terminal's foreground process has the default disposition, which this restores."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_cli(*args, cwd=None, env=None, check=True, timeout=600):

@@ -24,14 +24,14 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO, data_root, run_cli
+from conftest import sigint_as_in_a_terminal, REPO, data_root, run_cli
 from edgefashion.runtime.camera import CameraOptions, run_camera
 from edgefashion.runtime.serve import parse_address
 
 MODEL = REPO / "export" / "resnet10-clothing-small" / "model.int8.onnx"
 TOKEN = "s3cret-token"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-VIDEO_FRAMES = 12_000
+VIDEO_FRAMES = 30_000
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def video(tmp_path_factory, shared_data):
-    """A 640x480 mp4 of 12,000 frames (400 s at 30 FPS): enough for the unpaced FPS windows at ~700 FPS,
+    """A 640x480 mp4 of 30,000 frames (1,000 s at 30 FPS): enough for the unpaced FPS windows at ~1,300 FPS,
     and for a --realtime camera that outlives the other tests. Garments from real test photos, moving a pixel
     every 15 frames (unchanged frames keep the encoding, which takes most of this fixture's time, short)."""
     root = shared_data / "clothing-small" / "test"
@@ -73,7 +73,8 @@ class Camera:
         with open(self.out, "w") as out, open(self.err, "w") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "edgefashion", "camera", "--model", str(model), "--source", str(video),
-                 "--headless", "--json", "--threads", "1", *args], stdout=out, stderr=err, env=e, cwd=REPO)
+                 "--headless", "--json", "--threads", "1", *args], stdout=out, stderr=err, env=e, cwd=REPO,
+                preexec_fn=sigint_as_in_a_terminal)
         deadline = time.time() + 60
         while "serving the camera on" not in self.err.read_text():
             assert self.proc.poll() is None, self.err.read_text()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import data_root, run_cli
+from conftest import sigint_as_in_a_terminal, data_root, run_cli
 from edgefashion.training.train import (TrainConfig, TrainingError, evaluate, fit, load_checkpoint,
                                         load_init_weights, model_from_checkpoint, resolve_config)
 from edgefashion.training.datasets import load_data
@@ -85,7 +85,8 @@ def _start_training(args, out: Path, hold: bool = False):
     env = dict(os.environ, EDGEFASHION_DATA=str(data_root()))
     head = ["-c", _HOLD_AT_EPOCH_2] if hold else ["-m", "edgefashion"]
     proc = subprocess.Popen([sys.executable, *head, *map(str, args), "--out", str(out)], env=env,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_as_in_a_terminal)
     lines: "queue.Queue[str | None]" = queue.Queue()
 
     def pump():
