@@ -429,8 +429,9 @@ class DemoSource:
         if not m.dataset:
             raise SourceError(f"demo: the model ({m.model}) does not name its data set in its metadata")
         shipped = DEMO_SETS.get(m.dataset)
+        shipped = shipped if shipped is not None and shipped.is_dir() else None
         try:
-            if shipped is not None and shipped.is_dir():
+            if shipped is not None:
                 kind, path = "folder", shipped
                 ds = efdata.load_folder_dataset(path, val_fraction=0.0, test_fraction=0.0)
                 paths, y = ds.splits["train"]  # the whole shipped folder: every photo in it is a test photo
@@ -443,7 +444,7 @@ class DemoSource:
                 self.images: list = list(images)
                 self.paths: Optional[list] = None
             else:
-                if shipped is None or not shipped.is_dir():
+                if shipped is None:
                     ds = efdata.load_folder_dataset(path)
                     paths, y = ds.splits["test"]
                 names = list(ds.labels)
