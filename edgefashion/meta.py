@@ -43,6 +43,11 @@ DEFAULT_THRESHOLD = 0.5
 DEFAULT_SMOOTH = 0.5
 
 
+def _is_number(v: Any) -> bool:
+    """An int or a float from JSON, not a bool (which is an int to Python)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 class MetaError(ValueError):
     """Metadata that is missing or inconsistent; the message names what is wrong."""
 
@@ -108,10 +113,9 @@ class ModelMeta:
             raise MetaError(f"domain must be one of {DOMAINS}, got {self.domain!r}")
         if self.interpolation not in ("area", "linear", "nearest", "cubic"):
             raise MetaError(f"unknown interpolation {self.interpolation!r}")
-        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
-                or not 0 <= self.threshold <= 1:
+        if not _is_number(self.threshold) or not 0 <= self.threshold <= 1:
             raise MetaError(f"metadata threshold must be a number in [0, 1], got {self.threshold!r}")
-        if isinstance(self.smooth, bool) or not isinstance(self.smooth, (int, float)) or not 0 < self.smooth <= 1:
+        if not _is_number(self.smooth) or not 0 < self.smooth <= 1:
             raise MetaError(f"metadata smooth must be a number in (0, 1], got {self.smooth!r}")
         try:
             Roi.parse(self.roi)
@@ -119,7 +123,7 @@ class ModelMeta:
             raise MetaError(f"metadata roi: {e}") from None
         # Keys this version does not know are left alone, so that a newer file still opens.
         for k, v in ((k, v) for k, v in self.split.items() if k in SPLIT_KEYS):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (k != "seed" and v > 1):
+            if not _is_number(v) or v < 0 or (k != "seed" and v > 1):
                 raise MetaError(f"metadata split {k} must be a number{' in [0, 1]' if k != 'seed' else ' >= 0'}, "
                                 f"got {v!r}")
 

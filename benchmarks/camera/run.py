@@ -32,7 +32,7 @@ DEFAULT_ROIS = "full,center:0.9,center:0.8,center:0.7,center:0.6,center:0.5"
 SWEEP = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MODEL = "model"  # --roi/--threshold/--smooth value: the model's own camera default (its metadata)
 # --calibrate: the camera's defaults for a model, chosen on the calibration video (validation photos over the
-# TRAINING backgrounds, never the benchmark): the (roi, threshold) with the best item-majority accuracy among
+# TRAINING backgrounds, never the benchmark): the (roi, smoothing, threshold) with the best item-majority accuracy among
 # those that keep at least this share of background-only frames 'uncertain'.
 CALIBRATION_THRESHOLDS = tuple(round(0.2 + 0.025 * i, 3) for i in range(29))  # 0.2 ... 0.9
 MIN_BACKGROUND_UNCERTAIN = 0.9

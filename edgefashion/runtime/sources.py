@@ -11,6 +11,7 @@ OpenCV, numpy and the standard library only.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import sys
@@ -433,20 +434,18 @@ class DemoSource:
         try:
             if shipped is not None:
                 kind, path = "folder", shipped
-                ds = efdata.load_folder_dataset(path, val_fraction=0.0, test_fraction=0.0)
-                paths, y = ds.splits["train"]  # the whole shipped folder: every photo in it is a test photo
             else:
-                root = efdata.resolve_data_root(data_root)
-                kind, path = efdata.resolve_dataset(m.dataset, root, download=False)
+                kind, path = efdata.resolve_dataset(m.dataset, efdata.resolve_data_root(data_root), download=False)
             if kind == "fashion-mnist":
                 images, y = _fashion_mnist_test(path)
                 names = list(efdata.FASHION_MNIST_LABELS)
                 self.images: list = list(images)
                 self.paths: Optional[list] = None
             else:
-                if shipped is None:
-                    ds = efdata.load_folder_dataset(path)
-                    paths, y = ds.splits["test"]
+                # Every photo of the shipped folder is a test photo: none is carved off; else the test split.
+                ds = (efdata.load_folder_dataset(path, val_fraction=0.0, test_fraction=0.0) if shipped is not None
+                      else efdata.load_folder_dataset(path))
+                paths, y = ds.splits["train" if shipped is not None else "test"]
                 names = list(ds.labels)
                 self.images, self.paths = [], list(paths)
                 from ..data import scene
@@ -487,9 +486,8 @@ class DemoSource:
         alpha = scene.garment_mask(img, seed=int(idx))
         scene.paste(c, img, alpha, cw / 2 + rng.uniform(-0.1, 0.1) * self.W, ch / 2 + rng.uniform(-0.08, 0.08) * self.H,
                     rng.uniform(0.5, 0.9) * self.H, float(rng.uniform(-4, 4)))
-        look = scene.Look.random(rng)
-        c[:] = scene.finish(c, scene.Look(gain=look.gain, offset=look.offset, cast=look.cast, defocus=look.defocus),
-                            rng)
+        # The item's look without its noise: frames add their own (a precomputed field) in read().
+        c[:] = scene.finish(c, dataclasses.replace(scene.Look.random(rng), noise=0.0), rng)
         self.gain, self.offset = 1.0, 0.0
 
     def read(self) -> Tuple[Frame, Optional[str]]:

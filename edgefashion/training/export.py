@@ -405,16 +405,16 @@ def export_checkpoint(src: str | Path, out_dir: str | Path | None = None, *, qua
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"{out_dir}: exists and is not a folder")
-    data = load_run_data(source, data_dir, calib_size, parity_images, log)
     created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
     camera = {k: v for k, v in (("roi", camera_roi), ("smooth", camera_smooth), ("threshold", camera_threshold))
               if v is not None}
-    try:
+    try:  # before the data is loaded: a bad camera default fails at once
         meta = source.meta.replace(dataset=source.meta.dataset or str(source.cfg.get("data") or ""),
                                    split=source.meta.split or SplitSpec.from_meta(source.meta).to_dict(),
                                    extra=provenance(source, created), **camera)
     except MetaError as e:
         raise ExportError(f"--camera-roi/--camera-smooth/--camera-threshold: {e}") from None
+    data = load_run_data(source, data_dir, calib_size, parity_images, log)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = _new_sibling(out_dir, "tmp")
