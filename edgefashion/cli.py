@@ -107,7 +107,7 @@ def zoo(domain, as_json):
                      "input": f"{e.in_chans}x{e.img_size}x{e.img_size}", "domain": e.domain, "source": e.source})
     if as_json:
         for r in rows:
-            click.echo(json.dumps(r))
+            click.echo(json.dumps(r.to_dict()))
         return
     click.echo(f"{'name':<18}{'params':>12}{'MFLOPs':>10}  {'input':<12}source")
     for r in rows:
@@ -141,6 +141,9 @@ def zoo(domain, as_json):
 @click.option("--empty-frames", type=float, default=None,
               help="With --augment camera: the share of each batch made garment-free scenes, trained to be "
                    "'uncertain' (outlier exposure) [default: 0.1 with camera, else 0].")
+@click.option("--empty-weight", type=float, default=0.5, show_default=True,
+              help="The weight of an empty frame's loss (its distance from the uniform distribution) against a "
+                   "garment's: higher rejects empty scenes more firmly, at some cost in garment confidence.")
 @click.option("--img-size", type=int, default=None, help="Square input size [default: the model's].")
 @click.option("--in-chans", type=click.Choice(["1", "3"]), default=None, help="[default: 1 for Fashion-MNIST, 3 for photos]")
 @click.option("--val-fraction", type=float, default=0.2, show_default=True,
@@ -161,8 +164,8 @@ def zoo(domain, as_json):
                    "--batch-size is per process.")
 @_fails_with_message(_training_errors, interrupt=True)
 def train(model, data, data_dir, epochs, batch_size, lr, optimizer, momentum, weight_decay, scheduler,
-          warmup_epochs, early_stopping, patience, augment, label_smoothing, mixup, cutmix, empty_frames, img_size, in_chans, val_fraction,
-          limit, seed, device, no_amp, pretrained, init_weights, out, resume, quiet, nproc):
+          warmup_epochs, early_stopping, patience, augment, label_smoothing, mixup, cutmix, empty_frames, empty_weight, img_size,
+          in_chans, val_fraction, limit, seed, device, no_amp, pretrained, init_weights, out, resume, quiet, nproc):
     """Train a zoo model; writes a run folder with config.json, metrics.csv, best.pt, last.pt, results.json,
     curves.png and confusion_matrix.png.
 
@@ -180,8 +183,8 @@ def train(model, data, data_dir, epochs, batch_size, lr, optimizer, momentum, we
     cfg = TrainConfig(model=model, data=data, data_dir=data_dir, epochs=epochs, batch_size=batch_size, lr=lr,
                       optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, scheduler=scheduler,
                       warmup_epochs=warmup_epochs, early_stopping=early_stopping, patience=patience,
-                      augment=augment, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix, empty_frames=empty_frames, img_size=img_size,
-                      in_chans=int(in_chans) if in_chans else None, val_fraction=val_fraction, limit=limit,
+                      augment=augment, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix, empty_frames=empty_frames,
+                      empty_weight=empty_weight, img_size=img_size, in_chans=int(in_chans) if in_chans else None, val_fraction=val_fraction, limit=limit,
                       seed=seed, device=device, amp=not no_amp, pretrained=pretrained, init_weights=init_weights)
     fit(cfg, out, resume=resume, progress=not quiet)
 
@@ -367,28 +370,28 @@ def export_cmd(src, out, quantize, opset, calib_size, max_drop, allow_drop, data
                           check_arm=check_arm, arm_subset=arm_subset, target=target, cpu_check=cpu_check,
                           cpu_check_subset=cpu_check_subset, allow_disagreement=allow_disagreement,
                           camera_roi=camera_roi, camera_smooth=camera_smooth, camera_threshold=camera_threshold)
-    f, i = r["fp32"], r.get("int8")
+    f, i = r.fp32, r.int8
     click.echo(f"\n{'':<8}{'size':>12}{'test acc':>10}{'val acc':>10}{'b1 t1 ms':>10}")
     for name, d in (("fp32", f), ("int8", i)):
         if d:
             click.echo(f"{name:<8}{d['size_bytes'] / 1024:>10.1f}KB{d['test_accuracy']:>10.4f}"
                        f"{d['val_accuracy']:>10.4f}{d['latency_ms_b1_t1']:>10.3f}")
-    p = r["parity"]
+    p = r.parity
     if "top1_agreement" in p:
         click.echo(f"parity: {p['top1_agreement']:.2%} top-1 agreement on {p['images']} images, "
                    f"max |logit diff| {p['max_abs_logit_diff']:.2e}"
                    + (" (recorded when the FP32 file was exported)" if p.get("recorded_at_fp32_export") else ""))
     if i:
-        click.echo(f"int8: target {r['target']}, {i['method']} per_channel={i['per_channel']} "
-                   f"reduce_range={i['reduce_range']}; size {r['size_ratio']:.1%} of fp32; "
-                   f"drop {r['accuracy_drop_pp']:+.2f} pp")
-        cc = r.get("cross_cpu") or {}
+        click.echo(f"int8: target {r.target}, {i['method']} per_channel={i['per_channel']} "
+                   f"reduce_range={i['reduce_range']}; size {r.size_ratio:.1%} of fp32; "
+                   f"drop {r.accuracy_drop_pp:+.2f} pp")
+        cc = r.cross_cpu or {}
         if cc.get("families"):
             click.echo("cross-CPU: " + ", ".join(f"{x['cpu']} {x['agreement']:.2%}" for runs in
                                                  cc["families"].values() for x in runs) + " agreement with native")
-    if r.get("auto"):
-        click.echo(f"auto: kept {r['auto']['kept']} ({r['auto']['reason']})")
-    click.echo(f"-> {r['out_dir']}")
+    if r.auto:
+        click.echo(f"auto: kept {r.auto['kept']} ({r.auto['reason']})")
+    click.echo(f"-> {r.out_dir}")
 
 
 @cli.command("inspect")
@@ -674,7 +677,7 @@ def bench_cmd(models, threads, batch, warmup, runs, block, spin, baseline, accur
         b.save_plot(r, Path(plot))
     jp, mp = b.write_results(r, Path(out))
     if as_json:
-        click.echo(json.dumps(r))
+        click.echo(json.dumps(r.to_dict()))
         return
     click.echo(b.markdown(r))
     click.echo(f"-> {jp}, {mp}" + (f", {plot}" if plot else ""))

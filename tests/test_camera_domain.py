@@ -13,6 +13,7 @@ import pytest
 
 from conftest import REPO, data_root
 from edgefashion.data import scene
+from edgefashion.reports import TrainReport
 
 torch = pytest.importorskip("torch")
 
@@ -41,12 +42,13 @@ def test_garment_mask_cuts_the_garment_out_and_keeps_flat_photos_whole():
 
 
 def test_background_sets_are_disjoint_documented_and_never_heldout_in_training():
-    train, held = scene.background_paths("train"), scene.background_paths("heldout")
-    assert len(train) >= 10 and len(held) >= 5
+    train, calib, held = (scene.background_paths(k) for k in ("train", "calib", "heldout"))
+    assert len(train) >= 20 and len(calib) >= 4 and len(held) >= 5
     digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
-    assert not {digest(p) for p in train} & {digest(p) for p in held}
+    sets = [{digest(p) for p in s} for s in (train, calib, held)]
+    assert not sets[0] & sets[1] and not sets[0] & sets[2] and not sets[1] & sets[2]
     readme = (scene.BACKGROUND_DIR / "README.md").read_text()
-    for p in train + held:
+    for p in train + calib + held:
         assert f"`{p.name}` | {p.parent.name} |" in readme, p.name
     with pytest.raises(ValueError):
         scene.background_paths("test")
@@ -91,7 +93,8 @@ def test_train_with_camera_augmentation(tmp_path):
                           limit=60, epochs=1, batch_size=32, augment="camera"), tmp_path / "run", progress=False,
               log=lambda *a: None)
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert cfg["augment"] == "camera" and 0 <= res["test_accuracy"] <= 1
+    assert cfg["augment"] == "camera" and 0 <= res.test_accuracy <= 1
+    assert TrainReport.read(tmp_path / "run" / "results.json") == res  # fit returns what it wrote
 
 
 def test_empty_frames_hold_no_garment_and_are_trained_towards_uncertain(tmp_path):
@@ -132,7 +135,7 @@ def test_empty_frames_hold_no_garment_and_are_trained_towards_uncertain(tmp_path
     assert json.loads((tmp_path / "run" / "config.json").read_text())["empty_frames"] == 0.5
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     train_acc = float(rows[1].split(",")[rows[0].split(",").index("train_acc")])
-    assert 0 <= train_acc <= 1 and 0 <= res["test_accuracy"] <= 1
+    assert 0 <= train_acc <= 1 and 0 <= res.test_accuracy <= 1
 
 
 def _load(path: Path, name: str):

@@ -230,7 +230,7 @@ def test_accuracy_guard_trips_and_allow_drop_keeps(tiny_run, tmp_path):
         ex.export_checkpoint(tiny_run, dest, max_drop=-100, **FAST)
     assert not dest.exists() and _leftovers(tmp_path) == []
     r = ex.export_checkpoint(tiny_run, dest, max_drop=-100, allow_drop=True, **FAST)
-    assert r["accuracy_guard"] == "exceeded, allowed"
+    assert r.accuracy_guard == "exceeded, allowed"
     assert (dest / "model.int8.onnx").is_file() and (dest / "report.json").is_file()
     # CLI: non-zero exit with the numbers on one line
     res = CliRunner().invoke(cli, ["export", str(tiny_run), "--out", str(tmp_path / "cli"), "--max-drop", "-100",
@@ -271,7 +271,7 @@ def test_dynamic_quantization_of_an_mlp(tmp_path, shared_data):
             "epoch": 0, "state_dict": model.state_dict()}
     save_checkpoint(tmp_path / "mlp2.pt", ckpt)
     r = ex.export_checkpoint(tmp_path / "mlp2.pt", tmp_path / "exp", quantize="dynamic", max_drop=100, **FAST)
-    assert r["int8"]["mode"] == "dynamic" and r["size_ratio"] < 0.35
+    assert r.int8["mode"] == "dynamic" and r.size_ratio < 0.35
     ops = {n.op_type for n in onnx.load(str(tmp_path / "exp" / "model.int8.onnx")).graph.node}
     assert "MatMulInteger" in ops
     assert Classifier(tmp_path / "exp" / "model.int8.onnx").logits(np.zeros((2, 1, 28, 28), np.float32)).shape == (2, 10)
@@ -453,7 +453,7 @@ def test_export_refuses_a_target_that_disagrees_on_a_claimed_family(tiny_run, tm
     assert not dest.exists() and _leftovers(tmp_path) == []
     # A family the target does not claim may differ: x86-avx2 claims only haswell's family.
     r = ex.export_checkpoint(tiny_run, dest, max_drop=100, **{**opts, "target": "x86-avx2"})
-    assert r["cross_cpu"]["verified"] is True and r["cross_cpu"]["claimed_families"] == ["x86-avx2"]
+    assert r.cross_cpu["verified"] is True and r.cross_cpu["claimed_families"] == ["x86-avx2"]
     # --allow-disagreement keeps it, and the file says so.
     r = ex.export_checkpoint(tiny_run, dest, max_drop=100, allow_disagreement=True, **opts)
     cc = Classifier(dest / "model.int8.onnx").meta.extra["cross_cpu"]

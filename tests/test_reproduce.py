@@ -3,6 +3,7 @@
 import json
 
 from conftest import run_cli
+from edgefashion.reports import TrainReport
 from edgefashion.training.reproduce import SEED_FIGURES, SUITES
 from edgefashion.training.zoo import list_models
 
@@ -55,7 +56,10 @@ def test_reproduce_tiny_and_resume(shared_data, tmp_path):
 
 def _finished_run(path, epochs_run, stop_reason, scheduler):
     path.mkdir(parents=True)
-    (path / "results.json").write_text(json.dumps({"epochs_run": epochs_run, "stop_reason": stop_reason}))
+    TrainReport(model="cnn4", data="fashion-mnist", labels=[], params=1, img_size=28, in_chans=1, test_accuracy=0.9,
+                test_loss=0.3, test_images=10, per_class_accuracy={}, confusion_matrix=[], train_accuracy=0.9,
+                best_val_accuracy=0.9, best_epoch=epochs_run, epochs_run=epochs_run, stop_reason=stop_reason,
+                train_seconds=1.0).write(path / "results.json")
     (path / "config.json").write_text(json.dumps({"scheduler": scheduler}))
     (path / "last.pt").write_bytes(b"")
     return path

@@ -20,6 +20,7 @@ from conftest import sigint_as_in_a_terminal, data_root, run_cli
 from edgefashion.training.train import (TrainConfig, TrainingError, evaluate, fit, load_checkpoint,
                                         load_init_weights, model_from_checkpoint, resolve_config)
 from edgefashion.training.datasets import load_data
+from edgefashion.reports import TrainReport
 from edgefashion.training.zoo import create_model
 
 RUN_FILES = ["config.json", "metrics.csv", "best.pt", "last.pt", "results.json", "curves.png",
@@ -33,13 +34,10 @@ def test_cli_train_cnn4_fashion_mnist(shared_data, tmp_path):
     assert "test accuracy" in p.stdout
     for name in RUN_FILES:
         assert (out / name).is_file(), name
-    res = json.loads((out / "results.json").read_text())
-    for key in ("test_accuracy", "test_loss", "per_class_accuracy", "best_val_accuracy", "epochs_run",
-                "train_seconds", "params"):
-        assert key in res
-    assert 0.6 < res["test_accuracy"] <= 1.0  # 2 epochs on a 3,000-image subset of each split
-    assert res["epochs_run"] == 2 and res["split_sizes"] == {"train": 3000, "val": 3000, "test": 3000}
-    assert len(res["per_class_accuracy"]) == 10
+    res = TrainReport.read(out / "results.json")  # refuses a file without every key results.json must have
+    assert 0.6 < res.test_accuracy <= 1.0  # 2 epochs on a 3,000-image subset of each split
+    assert res.epochs_run == 2 and res.split_sizes == {"train": 3000, "val": 3000, "test": 3000}
+    assert len(res.per_class_accuracy) == 10
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     again = run_cli("train", "--model", "cnn4", "--epochs", "1", "--out", out, check=False)
@@ -53,7 +51,7 @@ def test_cli_train_cnn4_fashion_mnist(shared_data, tmp_path):
     model, meta = model_from_checkpoint(ckpt)
     bundle = load_data("fashion-mnist", shared_data, model="cnn4", img_size=28, in_chans=1, limit=3000)
     ev = evaluate(model, bundle.splits["test"], meta, device=torch.device("cpu"))
-    assert ev["acc"] == pytest.approx(res["test_accuracy"], abs=1e-9)
+    assert ev["acc"] == pytest.approx(res.test_accuracy, abs=1e-9)
 
 
 def _metrics(out: Path):
@@ -200,9 +198,9 @@ def test_cli_train_seq5_on_photo_folder(shared_data, tmp_path):
             "--limit", "200", "--out", out, "--quiet")
     for name in RUN_FILES:
         assert (out / name).is_file(), name
-    res = json.loads((out / "results.json").read_text())
-    assert res["img_size"] == 96 and res["in_chans"] == 3 and len(res["labels"]) == 10
-    assert res["labels"] == sorted(res["labels"])
+    res = TrainReport.read(out / "results.json")
+    assert res.img_size == 96 and res.in_chans == 3 and len(res.labels) == 10
+    assert res.labels == sorted(res.labels)
     meta = load_checkpoint(out / "best.pt")["meta"]
     assert meta["domain"] == "photo" and meta["input_size"] == 96 and meta["dataset"] == "clothing-small"
 

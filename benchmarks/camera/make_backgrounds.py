@@ -1,15 +1,19 @@
 """Rebuild edgefashion/backgrounds/ (the camera-domain backgrounds) from the installable packages they come from.
 
 Every photograph is a real scene or surface whose licence allows redistribution (edgefashion/backgrounds/README.md
-lists each file's source and licence). They are split by photograph into two disjoint sets:
+lists each file's source and licence). They are split by photograph into three disjoint sets:
 
 - train/    used by `edgefashion train --augment camera` (with crops of the training photos' borders);
-- heldout/  never used in training: the camera benchmark (benchmarks/camera/) and the demo.
+- calib/    never used in training nor in the benchmark: the calibration video that chooses a model's camera
+            defaults (roi, smoothing, threshold), so that they are chosen on scenes the model has not seen;
+- heldout/  never used in training nor in calibration: the camera benchmark (benchmarks/camera/) and the demo.
 
 Sources, pinned so the files are reproducible:
 - scikit-image 0.26.0's wheel (PyPI), skimage/data/: CC0 or public-domain photographs;
 - Debian's mate-backgrounds 1.26.0-1 (`apt-get download mate-backgrounds`), /usr/share/backgrounds/mate/nature/:
-  photographs under GPL-2+.
+  photographs under GPL-2+;
+- Debian's plasma-workspace-wallpapers 4:5.27.5-2, /usr/share/wallpapers/<name>/contents/images/: KDE's
+  wallpapers, photographs and a few rendered abstracts, under LGPL-3 or CC-BY-SA-4.0 (each one's metadata.json).
 
 Each is stored as a JPEG (quality 90) whose longer side is at most 800 px: a 640x480 camera view is cut from it
 at 50-100% of its size, so more would add bytes, not detail.
@@ -34,6 +38,7 @@ LONG_SIDE = 800
 
 SKIMAGE = "scikit-image==0.26.0"
 MATE = "mate-backgrounds=1.26.0-1"
+PLASMA = "plasma-workspace-wallpapers=4:5.27.5-2"
 # (source, file in the package, set). Split by photograph: no scene is in both sets.
 FILES = [
     ("skimage", "astronaut.png", "train"), ("skimage", "brick.png", "train"), ("skimage", "camera.png", "train"),
@@ -44,7 +49,37 @@ FILES = [
     ("skimage", "chelsea.png", "heldout"), ("skimage", "rocket.jpg", "heldout"),
     ("mate", "Blinds.jpg", "heldout"), ("mate", "Garden.jpg", "heldout"), ("mate", "RainDrops.jpg", "heldout"),
     ("mate", "TwoWings.jpg", "heldout"), ("mate", "Wood.jpg", "heldout"), ("mate", "YellowFlower.jpg", "heldout"),
+    # KDE: photographs, then rendered abstracts (a poster or a screen behind the garment)
+    ("plasma", "BytheWater/contents/images/1920x1080.jpg", "train"),
+    ("plasma", "ColorfulCups/contents/images/2560x1600.jpg", "train"),
+    ("plasma", "DarkestHour/contents/images/1920x1080.jpg", "train"),
+    ("plasma", "FallenLeaf/contents/images/1920x1080.jpg", "train"),
+    ("plasma", "Grey/contents/images/1920x1080.jpg", "train"),
+    ("plasma", "OneStandsOut/contents/images/1920x1080.jpg", "train"),
+    ("plasma", "Volna/contents/images/5120x2880.jpg", "train"),
+    ("plasma", "summer_1am/contents/images/1920x1080.jpg", "train"),
+    ("plasma", "Altai/contents/images/5120x2880.png", "train"),
+    ("plasma", "Autumn/contents/images/1920x1080.jpg", "train"),
+    ("plasma", "Cascade/contents/images/3840x2160.png", "train"),
+    ("plasma", "Honeywave/contents/images/5120x2880.jpg", "train"),
+    ("plasma", "Kokkini/contents/images/3840x2160.png", "train"),
+    ("plasma", "ColdRipple/contents/images/1920x1080.jpg", "calib"),
+    ("plasma", "EveningGlow/contents/images/1920x1080.jpg", "calib"),
+    ("plasma", "Kite/contents/images/1920x1080.jpg", "calib"),
+    ("plasma", "Path/contents/images/1920x1080.jpg", "calib"),
+    ("plasma", "Cluster/contents/images/3840x2160.png", "calib"),
 ]
+SETS = ("train", "calib", "heldout")
+
+
+def _deb(work: Path, spec: str, name: str) -> Path:
+    """apt-get download + dpkg-deb -x, once: the unpacked root."""
+    root = work / name
+    if not root.is_dir():
+        subprocess.run(["apt-get", "download", spec], cwd=work, check=True)
+        deb = sorted(work.glob(f"{spec.split('=')[0]}_*.deb"))[0]
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    return root
 
 
 def fetch(work: Path) -> dict:
@@ -58,12 +93,9 @@ def fetch(work: Path) -> dict:
             for n in z.namelist():
                 if n.startswith("skimage/data/"):
                     z.extract(n, sk)
-    mate = work / "mate"
-    if not mate.is_dir():
-        subprocess.run(["apt-get", "download", MATE], cwd=work, check=True)
-        deb = sorted(work.glob("mate-backgrounds_1.26.0-1_all.deb"))[0]
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(mate)], check=True)
-    return {"skimage": sk / "skimage" / "data", "mate": mate / "usr" / "share" / "backgrounds" / "mate" / "nature"}
+    return {"skimage": sk / "skimage" / "data",
+            "mate": _deb(work, MATE, "mate") / "usr" / "share" / "backgrounds" / "mate" / "nature",
+            "plasma": _deb(work, PLASMA, "plasma") / "usr" / "share" / "wallpapers"}
 
 
 def main() -> None:
@@ -71,7 +103,7 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/edgefashion-bg", help="Download and unpack folder.")
     args = ap.parse_args()
     roots = fetch(Path(args.work))
-    for sub in ("train", "heldout"):
+    for sub in SETS:
         shutil.rmtree(OUT / sub, ignore_errors=True)
         (OUT / sub).mkdir(parents=True)
     for src, name, sub in FILES:
@@ -81,7 +113,8 @@ def main() -> None:
         s = LONG_SIDE / max(img.shape[:2])
         if s < 1:
             img = cv2.resize(img, (round(img.shape[1] * s), round(img.shape[0] * s)), interpolation=cv2.INTER_AREA)
-        out = OUT / sub / f"{src}-{Path(name).stem.lower()}.jpg"
+        stem = Path(name).parts[0] if src == "plasma" else Path(name).stem
+        out = OUT / sub / f"{src}-{stem.lower()}.jpg"
         cv2.imwrite(str(out), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
         print(f"{out.relative_to(REPO)}  {img.shape[1]}x{img.shape[0]}")
 

@@ -52,7 +52,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="At most N items (quick runs).")
     ap.add_argument("--seed", type=int, default=16)
     # The benchmark is test photos over held-out scenes. A calibration video for choosing the camera's defaults
-    # (ROI, threshold) without looking at the benchmark: --split val --backgrounds train.
+    # (ROI, smoothing, threshold) without looking at the benchmark: --split val --backgrounds calib (scenes the
+    # model never trained on: defaults chosen on training scenes promise a rejection that new scenes do not give).
     ap.add_argument("--split", choices=("test", "val"), default="test")
     ap.add_argument("--backgrounds", choices=scene.BACKGROUND_SETS, default="heldout")
     args = ap.parse_args()

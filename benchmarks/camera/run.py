@@ -32,8 +32,8 @@ DEFAULT_ROIS = "full,center:0.9,center:0.8,center:0.7,center:0.6,center:0.5"
 SWEEP = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MODEL = "model"  # --roi/--threshold/--smooth value: the model's own camera default (its metadata)
 # --calibrate: the camera's defaults for a model, chosen on the calibration video (validation photos over the
-# TRAINING backgrounds, never the benchmark): the (roi, smoothing, threshold) with the best item-majority accuracy among
-# those that keep at least this share of background-only frames 'uncertain'.
+# CALIBRATION scenes, which neither training nor the benchmark uses): the (roi, smoothing, threshold) with the best
+# item-majority accuracy among those that keep at least this share of background-only frames 'uncertain'.
 CALIBRATION_THRESHOLDS = tuple(round(0.2 + 0.025 * i, 3) for i in range(29))  # 0.2 ... 0.9
 MIN_BACKGROUND_UNCERTAIN = 0.9
 
@@ -187,7 +187,7 @@ def main() -> None:
                     help="Also choose each model's camera defaults (roi, smooth, threshold) from these runs: the best "
                          f"item-majority accuracy with >= {MIN_BACKGROUND_UNCERTAIN:.0%} of background frames "
                          "uncertain. Run it on the calibration video (make_videos.py --split val --backgrounds "
-                         "train), never on the benchmark.")
+                         "calib), never on the benchmark.")
     ap.add_argument("--demo-frames", type=int, default=0,
                     help="Also run `camera --source demo` (the package's demo set over held-out scenes) for N frames "
                          "on each model with its own camera defaults, and record its live accuracy and FPS.")

@@ -7,7 +7,7 @@ demo. numpy and OpenCV only, so the runtime half can use it.
 - `garment_mask(bgr)`: the garment's alpha matte, by GrabCut seeded with a rectangle a little inside the photo
   (clothing-small's photos are garments laid on a bed, a floor or a door, roughly centred); when GrabCut finds
   too little the whole photo is kept, as if a print of it were held up.
-- `backgrounds(kind)`: the photographs in edgefashion/backgrounds/train or heldout (README.md there: sources,
+- `backgrounds(kind)`: the images in edgefashion/backgrounds/train, calib or heldout (README.md there: sources,
   licences, the split).
 - `render_frame(...)`: one camera frame with lighting, colour cast, blur and sensor noise.
 """
@@ -23,7 +23,7 @@ import numpy as np
 from .common import DataError
 
 BACKGROUND_DIR = Path(__file__).resolve().parents[1] / "backgrounds"
-BACKGROUND_SETS = ("train", "heldout")
+BACKGROUND_SETS = ("train", "calib", "heldout")
 _MASK_SIDE = 128  # GrabCut on a small copy: ~50 ms a photo on one core, and the matte is smooth anyway
 _INSET = 0.04  # the seed rectangle's margin: garments in clothing-small rarely touch the photo's border
 _MIN_AREA = 0.12  # below this fraction of the photo GrabCut has lost the garment: keep the whole photo

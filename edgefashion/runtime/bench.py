@@ -9,7 +9,6 @@ stays honest on a shared or hot machine where absolute medians drift.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import platform
 import socket
 import time
@@ -23,6 +22,7 @@ import onnxruntime as ort
 from .. import __version__, names
 from ..files import atomic_write_text
 from ..meta import ModelMeta
+from ..reports import BenchReport
 from .camera import peak_rss_mb
 from .classifier import Classifier
 from .cpu import cpu_info
@@ -221,8 +221,8 @@ def bench(paths: Sequence[Path], *, batches: Sequence[int] = (1,), threads: Sequ
           runs: int = 200, block: int = 10, spin: bool = False, baseline: Optional[Baseline] = None, baseline_name: str = "torch",
           accuracy: bool = False, data: Optional[str] = None, data_dir: Optional[str] = None,
           limit: Optional[int] = None, tolerance_pp: float = EQUAL_ACCURACY_PP,
-          log: Callable[[str], None] = lambda s: None) -> dict:
-    """Benchmark the model files `paths`; returns the results dict (the JSON `edgefashion bench` writes)."""
+          log: Callable[[str], None] = lambda s: None) -> BenchReport:
+    """Benchmark the model files `paths`; returns the report (the JSON `edgefashion bench` writes)."""
     if runs < 1 or warmup < 0 or block < 1:
         raise BenchError(f"--runs and --block must be positive and --warmup not negative, got {runs}, {block} "
                          f"and {warmup}")
@@ -275,23 +275,17 @@ def bench(paths: Sequence[Path], *, batches: Sequence[int] = (1,), threads: Sequ
                 m.latency.append(row)
             _pair_ratios(files, times, step, block)
 
-    results = {
-        "schema": SCHEMA_VERSION,
-        "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-        "host": socket.gethostname(),
-        "edgefashion": __version__, "onnxruntime": ort.__version__, "python": platform.python_version(),
-        "torch": _torch_version() if baseline else None,
-        "cpu": cpu_info(),
-        "settings": {"batches": list(batches), "threads": list(threads), "warmup": warmup, "runs": runs,
-                     "block": block, "inter_op_threads": 1, "spin": spin, "execution_provider": "CPUExecutionProvider",
-                     "graph_optimization": "ORT_ENABLE_ALL", "baseline": baseline_name if baseline else None,
-                     "accuracy": "measured" if accuracy else "metadata", "data": data, "limit": limit,
-                     "equal_accuracy_pp": tolerance_pp},
-        "peak_rss_mb": _round(peak_rss_mb(), 1),
-        "models": [m.to_dict() for m in files],
-    }
-    results["recommendations"] = recommend(results["models"], tolerance_pp)
-    return results
+    models = [m.to_dict() for m in files]
+    return BenchReport(
+        schema=SCHEMA_VERSION, created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        host=socket.gethostname(), edgefashion=__version__, onnxruntime=ort.__version__,
+        python=platform.python_version(), torch=_torch_version() if baseline else None, cpu=cpu_info(),
+        settings={"batches": list(batches), "threads": list(threads), "warmup": warmup, "runs": runs,
+                  "block": block, "inter_op_threads": 1, "spin": spin, "execution_provider": "CPUExecutionProvider",
+                  "graph_optimization": "ORT_ENABLE_ALL", "baseline": baseline_name if baseline else None,
+                  "accuracy": "measured" if accuracy else "metadata", "data": data, "limit": limit,
+                  "equal_accuracy_pp": tolerance_pp},
+        peak_rss_mb=_round(peak_rss_mb(), 1), models=models, recommendations=recommend(models, tolerance_pp))
 
 
 def _pair_ratios(files: List[ModelFile], times: np.ndarray, step: int, block: int) -> None:
@@ -370,15 +364,15 @@ def _fmt(x, spec=".3f", none="-"):
     return none if x is None else format(x, spec)
 
 
-def markdown(results: dict) -> str:
-    cpu, s = results["cpu"], results["settings"]
+def markdown(results: BenchReport) -> str:
+    cpu, s = results.cpu, results.settings
     base = s.get("baseline")
-    lines = [f"# edgefashion bench, {results['created'][:10]} on {results['host']}", "",
+    lines = [f"# edgefashion bench, {results.created[:10]} on {results.host}", "",
              f"{cpu['model']} ({cpu['machine']}, {cpu['cores']} cores; {', '.join(cpu['isa']) or 'no SIMD flags'}), "
-             f"onnxruntime {results['onnxruntime']}" + (f", torch {results['torch']}" if results.get("torch") else "")
+             f"onnxruntime {results.onnxruntime}" + (f", torch {results.torch}" if results.torch else "")
              + f". {s['warmup']} warm-up + {s['runs']} timed runs per setting; every file (and the baseline) "
                f"interleaved in rounds of {s['block']} runs each (plus one untimed call per block); inter-op threads 1, spin {'on' if s['spin'] else 'off'}. "
-               f"Peak resident memory {_fmt(results['peak_rss_mb'], '.1f')} MB.", ""]
+               f"Peak resident memory {_fmt(results.peak_rss_mb, '.1f')} MB.", ""]
     head = ["model", "precision", "batch", "threads", "median ms", "p90 ms", "p99 ms", "images/s"]
     if base:
         head += [f"{base} FP32 ms", f"speedup vs {base}"]
@@ -386,7 +380,7 @@ def markdown(results: dict) -> str:
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" if h in ("model", "precision", "note") else "---:"
                                                           for h in head) + "|"]
     # Grouped per model and setting, FP32 above INT8: the pairs the INT8/FP32 column compares.
-    rows = sorted(((m, r) for m in results["models"] for r in m["latency"]),
+    rows = sorted(((m, r) for m in results.models for r in m["latency"]),
                   key=lambda mr: (str(Path(mr[0]["path"]).parent), mr[0]["model"], mr[1]["batch"], mr[1]["threads"],
                                   mr[0]["precision"] != "fp32"))
     for m, r in rows:
@@ -403,33 +397,33 @@ def markdown(results: dict) -> str:
     lines += ["", f"Accuracy: {s['accuracy']} (test split). INT8/FP32: median of per-round latency ratios of the "
                   f"same folder's two files (below 1: INT8 faster); speedup: median per-round ratio, "
                   f"baseline time over onnxruntime time."]
-    if results["recommendations"]:
-        lines += ["", "Recommended on this machine:", ""] + [f"- {r['text']}" for r in results["recommendations"]]
+    if results.recommendations:
+        lines += ["", "Recommended on this machine:", ""] + [f"- {r['text']}" for r in results.recommendations]
     return "\n".join(lines) + "\n"
 
 
-def result_paths(out_dir: Path, results: dict) -> tuple[Path, Path]:
-    stem = f"{results['created'][:10]}-{results['host']}"
+def result_paths(out_dir: Path, results: BenchReport) -> tuple[Path, Path]:
+    stem = f"{results.created[:10]}-{results.host}"
     return Path(out_dir) / f"{stem}.json", Path(out_dir) / f"{stem}.md"
 
 
-def write_results(results: dict, out_dir: Path) -> tuple[Path, Path]:
+def write_results(results: BenchReport, out_dir: Path) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     jp, mp = result_paths(out_dir, results)
-    results.setdefault("files", {}).update(json=str(jp), markdown=str(mp))
-    atomic_write_text(jp, json.dumps(results, indent=2) + "\n")
+    results.files = {**(results.files or {}), "json": str(jp), "markdown": str(mp)}
+    results.write(jp)
     atomic_write_text(mp, markdown(results))
     return jp, mp
 
 
-def plot_image(results: dict, width: int = 900, height: int = 600) -> np.ndarray:
+def plot_image(results: BenchReport, width: int = 900, height: int = 600) -> np.ndarray:
     """Accuracy (y) against batch-1 latency (x, log scale), one labelled point per model file; OpenCV only."""
     import cv2
 
     from .plots import _text
     pts = []
-    for m in results["models"]:
+    for m in results.models:
         r = _headline(m)
         if r is not None and m["accuracy"] is not None:
             pts.append((r["median_ms"], m["accuracy"] * 100, f"{m['name']} {m['precision']}", m["precision"]))
@@ -459,9 +453,9 @@ def plot_image(results: dict, width: int = 900, height: int = 600) -> np.ndarray
         cv2.circle(img, (X(xv), Y(acc)), 6, c, -1, cv2.LINE_AA)
         # FP32 labels below their point, INT8 above: a model's two points often sit side by side.
         _text(img, label, (X(xv) + 9, Y(acc) + (18 if prec == "fp32" else -8)), 0.42, c)
-    cpu = results["cpu"]
+    cpu = results.cpu
     _text(img, f"accuracy vs latency (batch 1, 1 thread; log scale), {cpu['model']}, onnxruntime "
-               f"{results['onnxruntime']}", (left, 28), 0.5)
+               f"{results.onnxruntime}", (left, 28), 0.5)
     _text(img, "latency, ms (median)", (width // 2 - 60, height - 18), 0.45)
     _text(img, "test accuracy, %", (8, top - 12), 0.45)
     _text(img, "fp32", (width - right - 90, top + 20), 0.45, colors["fp32"])
@@ -469,12 +463,12 @@ def plot_image(results: dict, width: int = 900, height: int = 600) -> np.ndarray
     return img
 
 
-def save_plot(results: dict, path: Path) -> None:
+def save_plot(results: BenchReport, path: Path) -> None:
     from .plots import save_png
     img = plot_image(results)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_png(img, path)
-    results.setdefault("files", {})["plot"] = str(path)
+    results.files = {**(results.files or {}), "plot": str(path)}
 
 
 def compare_latency(a: Path, b: Path, shape: Sequence[int], *, runs: int = 200, warmup: int = 20, threads: int = 1,

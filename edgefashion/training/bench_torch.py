@@ -5,7 +5,6 @@ Training half (imports torch); the torch-free bench only imports this module whe
 """
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -16,6 +15,7 @@ import torch
 from ..files import sha256_file
 from ..meta import ModelMeta
 from ..names import REPORT_JSON
+from ..reports import ExportReport, ReportError
 from .train import TrainingError, load_checkpoint, model_from_checkpoint
 
 
@@ -33,8 +33,8 @@ def source_checkpoint(onnx_path: Path, meta: ModelMeta) -> Path:
     if not recorded:
         report = onnx_path.parent / REPORT_JSON
         try:
-            recorded = json.loads(report.read_text()).get("source") if report.is_file() else None
-        except (OSError, ValueError):
+            recorded = ExportReport.read(report).source if report.is_file() else None
+        except ReportError:
             recorded = None
     if not recorded:
         raise BaselineError(f"{onnx_path}: no PyTorch baseline: its source checkpoint is not recorded")

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import io
-import json
 import os
 import secrets
 import shutil
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -30,6 +29,7 @@ from .. import __version__
 from ..data.splits import SplitSpec
 from ..files import sha256_file
 from ..meta import ORT_DISABLED_OPTIMIZERS_KEY, MetaError, ModelMeta
+from ..reports import ExportReport, ReportError, TrainReport
 from ..names import (CHECKPOINTS, FP32_FILE, INT8_FILE, INT8_SUFFIX, REPORT_JSON, REPORT_MD, RESULTS_JSON, TEST, TRAIN,
                      VAL)
 from ..runtime.preprocess import normalize
@@ -146,15 +146,13 @@ def _load_run_data(ckpt: dict, meta: ModelMeta, data_dir: str | None):
                      download=False)
 
 
-def _run_results(src: Path) -> dict:
-    run_dir = src if src.is_dir() else src.parent
-    p = run_dir / RESULTS_JSON
-    if not p.is_file():
-        return {}
+def _run_results(src: Path) -> TrainReport | None:
+    """The run's results.json beside the checkpoint, if it has one (a checkpoint copied alone has none)."""
+    p = (src if src.is_dir() else src.parent) / RESULTS_JSON
     try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+        return TrainReport.read(p) if p.is_file() else None
+    except ReportError:
+        return None
 
 
 def checkpoint_file(src: Path) -> Path:
@@ -188,7 +186,7 @@ class Source:
     run: dict  # the run's val/test accuracy, for the report
     model: torch.nn.Module | None = None
     epoch: int | None = None
-    recorded: dict = field(default_factory=dict)  # the ONNX source's report.json, when there is one
+    recorded: ExportReport | None = None  # the ONNX source's report.json, when there is one
 
 
 def onnx_source_file(src: Path) -> Path | None:
@@ -207,7 +205,8 @@ def load_source(src: Path) -> Source:
         model, meta = model_from_checkpoint(ckpt)
         results = _run_results(src)
         return Source("checkpoint", checkpoint_file(src), meta, ckpt.get("config") or {},
-                      {"val_accuracy": results.get("best_val_accuracy"), "test_accuracy": results.get("test_accuracy")},
+                      {"val_accuracy": results and results.best_val_accuracy,
+                       "test_accuracy": results and results.test_accuracy},
                       model=model, epoch=ckpt.get("epoch"))
     from ..runtime.classifier import read_meta
     if onnx_file.name.endswith(INT8_SUFFIX):
@@ -220,8 +219,11 @@ def load_source(src: Path) -> Source:
     spec = SplitSpec.from_meta(meta)
     cfg = {"data": meta.dataset, "seed": spec.seed}
     report_file = onnx_file.parent / REPORT_JSON
-    recorded = json.loads(report_file.read_text()) if report_file.is_file() else {}
-    return Source("onnx", onnx_file, meta, cfg, recorded.get("run") or {}, epoch=meta.extra.get("epoch"),
+    try:
+        recorded = ExportReport.read(report_file) if report_file.is_file() else None
+    except ReportError as e:
+        raise ExportError(str(e)) from None
+    return Source("onnx", onnx_file, meta, cfg, (recorded and recorded.run) or {}, epoch=meta.extra.get("epoch"),
                   recorded=recorded)
 
 
@@ -285,7 +287,7 @@ def stage_fp32(source: Source, meta: ModelMeta, fp32: Path, data: RunData, *, op
         log(f"re-quantizing the exported FP32 file {source.path}")
         shutil.copyfile(source.path, fp32)
         rewrite_metadata(fp32, meta)
-        par = {**(source.recorded.get("parity") or {}), "recorded_at_fp32_export": True}
+        par = {**((source.recorded and source.recorded.parity) or {}), "recorded_at_fp32_export": True}
     rep = {"path": FP32_NAME, "size_bytes": fp32.stat().st_size,
            "val_accuracy": q.onnx_accuracy(fp32, data.val_x, data.val_y),
            "test_accuracy": q.onnx_accuracy(fp32, data.test_x, data.test_y)}
@@ -319,23 +321,23 @@ def stage_quantize(mode: str, settings: q.QuantSettings, fp32: Path, int8: Path,
     return rep, extra
 
 
-def stage_guard(report: dict, quantize: str, max_drop: float, allow_drop: bool, out_dir: Path,
+def stage_guard(report: ExportReport, quantize: str, max_drop: float, allow_drop: bool, out_dir: Path,
                 log: Callable[[str], None]) -> None:
-    f, i = report["fp32"], report["int8"]
+    f, i = report.fp32, report.int8
     drop = round((f["test_accuracy"] - i["test_accuracy"]) * 100, 4)
-    report.update(size_ratio=round(i["size_bytes"] / f["size_bytes"], 4), accuracy_drop_pp=drop, max_drop_pp=max_drop)
+    report.size_ratio, report.accuracy_drop_pp, report.max_drop_pp = round(i["size_bytes"] / f["size_bytes"], 4), drop, max_drop
     log(f"test accuracy fp32 {f['test_accuracy']:.4f}, int8 {i['test_accuracy']:.4f} (drop {drop:+.2f} pp)")
     if drop > max_drop and quantize == "auto":
         # auto does not fail on an INT8 loss: it keeps FP32 instead (_auto_keep).
-        report["accuracy_guard"] = "exceeded, auto keeps fp32"
+        report.accuracy_guard = "exceeded, auto keeps fp32"
         return
-    report["accuracy_guard"] = _apply_guard(
+    report.accuracy_guard = _apply_guard(
         f"INT8 test accuracy {i['test_accuracy']:.4f} is {drop:.2f} pp below FP32 {f['test_accuracy']:.4f} "
         f"(--max-drop {max_drop} pp)" if drop > max_drop else None, allow_drop, out_dir, log)
 
 
 def stage_cross_cpu(int8: Path, meta: ModelMeta, extra: dict, settings: q.QuantSettings, *, subset: int,
-                    data_dir: str | None, max_drop: float, allow_disagreement: bool, out_dir: Path,
+                    data_dir: str | None, allow_disagreement: bool, out_dir: Path,
                     log: Callable[[str], None]) -> dict:
     """Run the INT8 file on every CPU family its target claims (emulated where the host is another family) and
     require the native answers, image by image; the results go into its metadata as "cross_cpu"."""
@@ -370,18 +372,98 @@ def stage_cross_cpu(int8: Path, meta: ModelMeta, extra: dict, settings: q.QuantS
     return result
 
 
-def export_checkpoint(src: str | Path, out_dir: str | Path | None = None, *, quantize: str = "int8",
-                      opset: int = 17, calib_size: int = 300, max_drop: float = 0.5, allow_drop: bool = False,
-                      data_dir: str | None = None, parity_images: int = 256,
-                      calib_methods: Sequence[str] = q.CALIB_METHODS, per_channel: Sequence[bool] = (False, True),
-                      latency_runs: int = 200, cpu: dict | None = None, target: str = "portable",
-                      cpu_check: bool = True, cpu_check_subset: int = 2000, allow_disagreement: bool = False,
-                      log: Callable[[str], None] = print, check_arm: bool = False, arm_subset: int = 2000,
-                      camera_roi: str | None = None, camera_smooth: float | None = None,
-                      camera_threshold: float | None = None) -> dict:
+def stage_int8(report: ExportReport, opts: "ExportOptions", settings: q.QuantSettings, tmp: Path, meta: ModelMeta,
+               data: RunData, out_dir: Path, log: Callable[[str], None]) -> None:
+    """Quantize, guard the accuracy, check the answers on every CPU family of the target: report.int8,
+    .accuracy_guard, .cross_cpu."""
+    mode = "int8" if opts.quantize == "auto" else opts.quantize
+    int8 = tmp / INT8_NAME
+    report.int8, extra = stage_quantize(mode, settings, tmp / FP32_NAME, int8, meta, data,
+                                        calib_methods=opts.calib_methods, per_channel=opts.per_channel,
+                                        latency_runs=opts.latency_runs, log=log)
+    stage_guard(report, opts.quantize, opts.max_drop, opts.allow_drop, out_dir, log)
+    if opts.cpu_check:
+        report.cross_cpu = stage_cross_cpu(int8, meta, extra, settings, subset=opts.cpu_check_subset,
+                                           data_dir=opts.data_dir, allow_disagreement=opts.allow_disagreement,
+                                           out_dir=out_dir, log=log)
+    else:
+        report.cross_cpu = {"target": settings.target, "verified": None, "reason": "not checked (--no-cpu-check)"}
+        rewrite_metadata(int8, meta.replace(extra={**extra, "cross_cpu": report.cross_cpu}))
+
+
+def stage_write(report: ExportReport, tmp: Path, out_dir: Path) -> None:
+    """report.json and report.md beside the files, everything synced, then the folder swapped into place."""
+    report.write(tmp / REPORT_JSON)
+    (tmp / REPORT_MD).write_text(report_markdown(report))
+    _fsync_dir_files(tmp)
+    _swap_into_place(tmp, out_dir)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """export_checkpoint's keyword options (the CLI's flags), checked once before any work."""
+    quantize: str = "int8"
+    opset: int = 17
+    calib_size: int = 300
+    max_drop: float = 0.5
+    allow_drop: bool = False
+    data_dir: str | None = None
+    parity_images: int = 256
+    calib_methods: Sequence[str] = q.CALIB_METHODS
+    per_channel: Sequence[bool] = (False, True)
+    latency_runs: int = 200
+    cpu: dict | None = None
+    target: str = "portable"
+    cpu_check: bool = True
+    cpu_check_subset: int = 2000
+    allow_disagreement: bool = False
+    check_arm: bool = False
+    arm_subset: int = 2000
+    camera_roi: str | None = None
+    camera_smooth: float | None = None
+    camera_threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.quantize not in QUANTIZE_MODES:
+            raise ExportError(f"--quantize {self.quantize!r}: choose from {', '.join(QUANTIZE_MODES)}")
+        if self.parity_images < 1:
+            raise ExportError(f"--parity-images must be positive, got {self.parity_images}")
+        if self.quantize in ("int8", "auto") and self.calib_size < 1:
+            raise ExportError(f"--calib-size must be positive for int8, got {self.calib_size}")
+
+    @property
+    def camera(self) -> dict:
+        return {k: v for k, v in (("roi", self.camera_roi), ("smooth", self.camera_smooth),
+                                  ("threshold", self.camera_threshold)) if v is not None}
+
+
+def stage_meta(source: Source, opts: ExportOptions, created: str) -> ModelMeta:
+    """The files' metadata: the source's, with its data set, split, provenance and the camera's defaults."""
+    try:  # before the data is loaded: a bad camera default fails at once
+        return source.meta.replace(dataset=source.meta.dataset or str(source.cfg.get("data") or ""),
+                                   split=source.meta.split or SplitSpec.from_meta(source.meta).to_dict(),
+                                   extra=provenance(source, created), **opts.camera)
+    except MetaError as e:
+        raise ExportError(f"--camera-roi/--camera-smooth/--camera-threshold: {e}") from None
+
+
+def new_report(source: Source, meta: ModelMeta, opts: ExportOptions, settings: q.QuantSettings, host_cpu: dict,
+               created: str, data: RunData, fp32_rep: dict, par: dict) -> ExportReport:
+    return ExportReport(
+        model=meta.model, dataset=meta.dataset, source=source.path.name,
+        source_sha256=meta.extra.get("source_checkpoint_sha256") or meta.extra.get("requantized_from_sha256"),
+        source_kind=source.kind, opset=opts.opset, labels=list(meta.labels), input=list(meta_shape(meta)),
+        quantize=opts.quantize, target=settings.target, fp32=fp32_rep, parity=par, cpu=host_cpu,
+        onnxruntime=_ort_version(), torch=torch.__version__, edgefashion=__version__, created=created,
+        latency_runs=opts.latency_runs, split_sizes=data.split_sizes, run=source.run)
+
+
+def export_checkpoint(src: str | Path, out_dir: str | Path | None = None, *,
+                      log: Callable[[str], None] = print, **options) -> ExportReport:
     """Export `src` into `out_dir` (default export/<model>-<dataset>); returns the report (also report.json).
     `src`: a run folder or checkpoint, or an exported FP32 model.onnx (or its folder) to quantize again, e.g.
-    for another --target. Raises ExportError when a check fails; the destination is then left as it was.
+    for another --target. `options`: ExportOptions' fields. Raises ExportError when a check fails; the
+    destination is then left as it was.
 
     quantize: "int8" static QDQ (calibration searched on the validation split), "dynamic", "none", or "auto"
     (int8 static, kept only when within max_drop and faster than FP32 on this CPU; see _auto_keep).
@@ -389,91 +471,62 @@ def export_checkpoint(src: str | Path, out_dir: str | Path | None = None, *, qua
     are verified there image by image. `cpu` overrides detect_cpu() for target "native". camera_roi /
     camera_smooth / camera_threshold: the camera's defaults to record in the files (ModelMeta.roi, .smooth,
     .threshold)."""
-    if quantize not in QUANTIZE_MODES:
-        raise ExportError(f"--quantize {quantize!r}: choose from {', '.join(QUANTIZE_MODES)}")
-    mode = "int8" if quantize == "auto" else quantize
-    if parity_images < 1:
-        raise ExportError(f"--parity-images must be positive, got {parity_images}")
-    if mode == "int8" and calib_size < 1:
-        raise ExportError(f"--calib-size must be positive for int8, got {calib_size}")
-    host_cpu = q.detect_cpu() if cpu is None else cpu
-    settings = q.target_settings(target, host_cpu)  # an unknown target fails before any work
-    src = Path(src)
-    source = load_source(src)
+    opts = ExportOptions(**options)
+    host_cpu = q.detect_cpu() if opts.cpu is None else opts.cpu
+    settings = q.target_settings(opts.target, host_cpu)  # an unknown target fails before any work
+    source = load_source(Path(src))
+    out_dir = _out_dir(Path(src), source, out_dir)
+    created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    meta = stage_meta(source, opts, created)
+    data = load_run_data(source, opts.data_dir, opts.calib_size, opts.parity_images, log)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _new_sibling(out_dir, "tmp")
+    try:
+        fp32_rep, par = stage_fp32(source, meta, tmp / FP32_NAME, data, opset=opts.opset,
+                                   parity_images=opts.parity_images, latency_runs=opts.latency_runs, log=log)
+        report = new_report(source, meta, opts, settings, host_cpu, created, data, fp32_rep, par)
+        if opts.quantize != "none":
+            stage_int8(report, opts, settings, tmp, meta, data, out_dir, log)
+        if opts.check_arm:
+            _check_arm(report, tmp, opts, source.cfg, out_dir, log)
+        if opts.quantize == "auto":
+            _auto_keep(report, tmp, (1, *meta_shape(meta)), opts.latency_runs, log)
+        stage_write(report, tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    report.out_dir = str(out_dir)
+    log(f"wrote {out_dir}")
+    return report
+
+
+def _out_dir(src: Path, source: Source, out_dir: str | Path | None) -> Path:
     if out_dir is None:
         out_dir = default_out_dir(src) if source.kind == "checkpoint" else source.path.parent
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"{out_dir}: exists and is not a folder")
-    created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
-    camera = {k: v for k, v in (("roi", camera_roi), ("smooth", camera_smooth), ("threshold", camera_threshold))
-              if v is not None}
-    try:  # before the data is loaded: a bad camera default fails at once
-        meta = source.meta.replace(dataset=source.meta.dataset or str(source.cfg.get("data") or ""),
-                                   split=source.meta.split or SplitSpec.from_meta(source.meta).to_dict(),
-                                   extra=provenance(source, created), **camera)
-    except MetaError as e:
-        raise ExportError(f"--camera-roi/--camera-smooth/--camera-threshold: {e}") from None
-    data = load_run_data(source, data_dir, calib_size, parity_images, log)
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _new_sibling(out_dir, "tmp")
-    try:
-        fp32, int8 = tmp / FP32_NAME, tmp / INT8_NAME
-        fp32_rep, par = stage_fp32(source, meta, fp32, data, opset=opset, parity_images=parity_images,
-                                   latency_runs=latency_runs, log=log)
-        report = {
-            "model": meta.model, "dataset": meta.dataset, "source": source.path.name,
-            "source_sha256": meta.extra.get("source_checkpoint_sha256") or meta.extra.get("requantized_from_sha256"),
-            "source_kind": source.kind, "opset": opset, "labels": list(meta.labels), "input": list(meta_shape(meta)),
-            "quantize": quantize, "target": settings.target, "fp32": fp32_rep, "parity": par, "cpu": host_cpu,
-            "onnxruntime": _ort_version(), "torch": torch.__version__, "edgefashion": __version__,
-            "created": created, "latency_runs": latency_runs, "split_sizes": data.split_sizes, "run": source.run,
-        }
-        if mode != "none":
-            report["int8"], extra = stage_quantize(mode, settings, fp32, int8, meta, data, calib_methods=calib_methods,
-                                                   per_channel=per_channel, latency_runs=latency_runs, log=log)
-            stage_guard(report, quantize, max_drop, allow_drop, out_dir, log)
-            if cpu_check:
-                report["cross_cpu"] = stage_cross_cpu(int8, meta, extra, settings, subset=cpu_check_subset,
-                                                      data_dir=data_dir, max_drop=max_drop,
-                                                      allow_disagreement=allow_disagreement, out_dir=out_dir, log=log)
-            else:
-                report["cross_cpu"] = {"target": settings.target, "verified": None,
-                                       "reason": "not checked (--no-cpu-check)"}
-                rewrite_metadata(int8, meta.replace(extra={**extra, "cross_cpu": report["cross_cpu"]}))
-        if check_arm:
-            _check_arm(report, tmp, mode, source.cfg, data_dir, arm_subset, max_drop, allow_drop, out_dir, log)
-        if quantize == "auto":
-            _auto_keep(report, tmp, (1, *meta_shape(meta)), latency_runs, log)
-        (tmp / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n")
-        (tmp / REPORT_MD).write_text(report_markdown(report))
-        _fsync_dir_files(tmp)
-        _swap_into_place(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    report["out_dir"] = str(out_dir)
-    log(f"wrote {out_dir}")
-    return report
+    return out_dir
 
 
 def meta_shape(meta: ModelMeta) -> tuple[int, int, int]:
     return (meta.in_chans, meta.input_size, meta.input_size)
 
 
-def _check_arm(report: dict, tmp: Path, mode: str, cfg: dict, data_dir: str | None, subset: int, max_drop: float,
-               allow_drop: bool, out_dir: Path, log: Callable[[str], None]) -> None:
+def _check_arm(report: ExportReport, tmp: Path, opts: ExportOptions, cfg: dict, out_dir: Path,
+               log: Callable[[str], None]) -> None:
     """--check-arm: the files' accuracy under emulated Raspberry Pi 4 (aarch64, Cortex-A72) onnxruntime on a
-    test subset, into report["arm"]; the accuracy guard applies to the ARM figure too, as a Pi user gets it."""
+    test subset, into report.arm; the accuracy guard applies to the ARM figure too, as a Pi user gets it."""
     from ..runtime import emulate as arm
-    log(f"checking on an emulated Raspberry Pi 4 (qemu-aarch64, {subset} test images)")
+    max_drop, allow_drop = opts.max_drop, opts.allow_drop
+    log(f"checking on an emulated Raspberry Pi 4 (qemu-aarch64, {opts.arm_subset} test images)")
     try:
-        a = arm.export_check(tmp / FP32_NAME, tmp / INT8_NAME if mode != "none" else None, str(cfg.get("data")),
-                             subset=subset, data_dir=data_dir or cfg.get("data_dir"), log=log)
+        a = arm.export_check(tmp / FP32_NAME, tmp / INT8_NAME if opts.quantize != "none" else None,
+                             str(cfg.get("data")), subset=opts.arm_subset,
+                             data_dir=opts.data_dir or cfg.get("data_dir"), log=log)
     except arm.ArmError as e:
         raise ExportError(f"--check-arm: {e}") from None
-    report["arm"] = a
+    report.arm = a
     if not a["fp32_agreement_ok"]:
         raise ExportError(f"--check-arm: FP32 top-1 agreement x86 vs ARM {a['fp32']['agreement']:.2%} is below "
                           f"{arm.MIN_FP32_AGREEMENT:.1%}; nothing written to {out_dir}")
@@ -507,28 +560,27 @@ def _mflops(model: torch.nn.Module, meta: ModelMeta) -> float | None:
         return None
 
 
-def _auto_keep(report: dict, tmp: Path, shape: tuple, runs: int, log: Callable[[str], None]) -> None:
+def _auto_keep(report: ExportReport, tmp: Path, shape: tuple, runs: int, log: Callable[[str], None]) -> None:
     """--quantize auto: keep INT8 only when it is within --max-drop of FP32's accuracy AND faster on this CPU
     (batch 1, 1 thread, interleaved timing); otherwise remove model.int8.onnx, as FP32 is then the better
-    file here. The decision and both latencies go into report["auto"]."""
+    file here. The decision and both latencies go into report.auto."""
     from ..runtime.bench import compare_latency
-    if "int8" not in report:
+    if report.int8 is None:
         return
     c = compare_latency(tmp / FP32_NAME, tmp / INT8_NAME, shape, runs=max(runs, 50))
-    drop, limit = report["accuracy_drop_pp"], report["max_drop_pp"]
+    drop, limit = report.accuracy_drop_pp, report.max_drop_pp
     faster = c["b_over_a"] < 1
     keep = "int8" if faster and drop <= limit else "fp32"
     why = (f"int8 {c['b_ms']:.3g} ms vs fp32 {c['a_ms']:.3g} ms (int8/fp32 {c['b_over_a']:.2f}, b1 t1 on "
-           f"{report['cpu'].get('machine', '?')}); accuracy drop {drop:+.2f} pp (limit {limit} pp)")
-    report["auto"] = {"kept": keep, "fp32_ms": c["a_ms"], "int8_ms": c["b_ms"], "int8_over_fp32": c["b_over_a"],
+           f"{(report.cpu or {}).get('machine', '?')}); accuracy drop {drop:+.2f} pp (limit {limit} pp)")
+    report.auto = {"kept": keep, "fp32_ms": c["a_ms"], "int8_ms": c["b_ms"], "int8_over_fp32": c["b_over_a"],
                       "accuracy_drop_pp": drop, "max_drop_pp": limit, "batch": c["batch"], "threads": c["threads"],
                       "runs": c["runs"], "reason": why}
     log(f"auto: keeping {keep}: {why}")
     if keep == "fp32":
         (tmp / INT8_NAME).unlink()
         # What INT8 measured stays in the report, under auto, without claiming a file that is not there.
-        report["auto"]["int8"] = report.pop("int8")
-        report.pop("size_ratio", None)
+        report.auto["int8"], report.int8, report.size_ratio = report.int8, None, None
 
 
 def _ort_version() -> str:
@@ -578,7 +630,8 @@ def _pct(x) -> str:
     return "-" if x is None else f"{x * 100:.2f}%"
 
 
-def report_markdown(r: dict) -> str:
+def report_markdown(report: ExportReport) -> str:
+    r = report.to_dict()  # a view of report.json: the nested checks are read as they are written
     f, i = r["fp32"], r.get("int8")
     lines = [f"# {r['model']} on {r['dataset']}: export report", "",
              f"Created {r['created']} by edgefashion {r['edgefashion']} (onnxruntime {r['onnxruntime']}, "

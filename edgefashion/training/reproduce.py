@@ -16,6 +16,7 @@ from typing import Callable
 
 from ..files import atomic_write_text
 from ..names import CLOTHING_SMALL, CONFIG_JSON, FASHION_MNIST, LAST_CHECKPOINT, REPORT_JSON, RESULTS_JSON
+from ..reports import ExportReport, TrainReport
 from .train import TrainConfig, fit, load_checkpoint
 from .zoo import get_entry
 
@@ -62,29 +63,29 @@ def smallest_fit(model: str, img_size: int, up_to: int = 512) -> int:
 
 
 def _done_epochs(run_dir: Path) -> int:
-    return int(json.loads((run_dir / RESULTS_JSON).read_text())["epochs_run"])
+    return int(TrainReport.read(run_dir / RESULTS_JSON).epochs_run)
 
 
 def _can_extend(run_dir: Path, epochs: int) -> bool:
     """A finished run can grow to `epochs` when it ran out of epochs (not early-stopped) with fewer, and its
     learning-rate schedule does not depend on the budget (a cosine run's would change: retrain it elsewhere)."""
-    res = json.loads((run_dir / RESULTS_JSON).read_text())
+    res = TrainReport.read(run_dir / RESULTS_JSON)
     config = json.loads((run_dir / CONFIG_JSON).read_text())
-    return (res["epochs_run"] < epochs and res.get("stop_reason") == "max epochs"
+    return (res.epochs_run < epochs and res.stop_reason == "max epochs"
             and config.get("scheduler") != "cosine" and (run_dir / LAST_CHECKPOINT).exists())
 
 
 def _row(model: str, run_dir: Path, export_dir: Path) -> dict:
-    res = json.loads((run_dir / RESULTS_JSON).read_text())
-    rep = json.loads((export_dir / REPORT_JSON).read_text())
-    int8 = rep.get("int8") or {}
+    res = TrainReport.read(run_dir / RESULTS_JSON)
+    rep = ExportReport.read(export_dir / REPORT_JSON)
+    int8 = rep.int8 or {}
     history = load_checkpoint(run_dir / LAST_CHECKPOINT)["history"]
     return {
-        "model": model, "params": res["params"], "img_size": res["img_size"],
-        "epochs_run": res["epochs_run"], "train_seconds": res["train_seconds"],
-        "train_accuracy": res["train_accuracy"], "val_accuracy": res["best_val_accuracy"],
-        "test_accuracy": res["test_accuracy"], "int8_test_accuracy": int8.get("test_accuracy"),
-        "int8_latency_ms": int8.get("latency_ms_b1_t1"), "fp32_latency_ms": rep["fp32"]["latency_ms_b1_t1"],
+        "model": model, "params": res.params, "img_size": res.img_size,
+        "epochs_run": res.epochs_run, "train_seconds": res.train_seconds,
+        "train_accuracy": res.train_accuracy, "val_accuracy": res.best_val_accuracy,
+        "test_accuracy": res.test_accuracy, "int8_test_accuracy": int8.get("test_accuracy"),
+        "int8_latency_ms": int8.get("latency_ms_b1_t1"), "fp32_latency_ms": rep.fp32["latency_ms_b1_t1"],
         "int8_mode": int8.get("mode"), "seed_test_accuracy": SEED_FIGURES.get(model),
         "last_epoch_train_accuracy": history[-1]["train_acc"] if history else None,
         "run": str(run_dir), "export": str(export_dir),

@@ -28,6 +28,7 @@ from .. import __version__
 from ..data.splits import SplitSpec
 from ..files import atomic_write_bytes, atomic_write_text
 from ..meta import ModelMeta
+from ..reports import TrainReport
 from ..names import (BEST_CHECKPOINT, CHECKPOINTS, CONFIG_JSON, LAST_CHECKPOINT, METRICS_CSV, RESULTS_JSON, TEST,
                      TRAIN, VAL)
 from .datasets import AUGMENTATIONS, DataBundle, Split, batch_to_input, load_data
@@ -117,6 +118,8 @@ def resolve_config(cfg: TrainConfig, data_kind: str | None = None) -> TrainConfi
             raise ValueError(f"{name} must be >= 0, got {getattr(out, name)}")
     if not 0 <= out.empty_frames < 1:
         raise ValueError(f"empty_frames must be in [0, 1), got {out.empty_frames}")
+    if out.empty_weight < 0:
+        raise ValueError(f"empty_weight must be >= 0, got {out.empty_weight}")
     if out.empty_frames and out.augment != "camera":
         raise ValueError(f"empty frames are made by --augment camera, not {out.augment!r}")
     if not 0 < out.val_fraction < 1:
@@ -481,7 +484,7 @@ def _rng_state(device: torch.device) -> dict:
 
 
 def fit(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool = False, progress: bool = True,
-        log=_log) -> dict:
+        log=_log) -> TrainReport:
     """Train `cfg.model` on `cfg.data`; write the run folder; return results.json's content.
 
     With `resume`, continue from `out_dir/last.pt`: its config wins (except a larger `epochs`), and as order,
@@ -498,7 +501,7 @@ def fit(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool = F
         teardown(d)
 
 
-def _fit(cfg: TrainConfig, out_dir, *, resume: bool, progress: bool, log, dist: Dist) -> dict:
+def _fit(cfg: TrainConfig, out_dir, *, resume: bool, progress: bool, log, dist: Dist) -> TrainReport:
     """The run as stages around one RunState: config (resumed) -> run folder -> setup (data, model, optimiser;
     restored from last.pt) -> epochs (train, validate, schedule / early stop, checkpoint) -> final test."""
     cfg, ckpt = _resume_config(cfg, out_dir) if resume else (cfg, None)
@@ -751,7 +754,7 @@ def run_epochs(state: RunState, progress: bool, log) -> None:
 
 # --- the final test -----------------------------------------------------------------------------------------
 
-def final_test(state: RunState, log) -> dict:
+def final_test(state: RunState, log) -> TrainReport:
     """Restore the best epoch, score it on test (and train), write results.json and the plots; return the
     results."""
     best = state.best
@@ -766,27 +769,25 @@ def final_test(state: RunState, log) -> dict:
     return results
 
 
-def _results(state: RunState, te: dict, tr: dict) -> dict:
-    """results.json's content."""
+def _results(state: RunState, te: dict, tr: dict) -> TrainReport:
     cfg, meta, bundle = state.cfg, state.meta, state.bundle
-    return {
-        "model": cfg.model, "data": bundle.name, "labels": list(meta.labels), "params": count_params(state.model),
-        "img_size": meta.input_size, "in_chans": meta.in_chans,
-        "test_accuracy": te["acc"], "test_loss": te["loss"], "test_images": te["n"],
-        "per_class_accuracy": dict(zip(meta.labels, te["per_class"])),
-        "confusion_matrix": te["confusion"],
-        "train_accuracy": tr["acc"], "best_val_accuracy": state.best["val_acc"], "best_epoch": state.best["epoch"],
-        "epochs_run": state.epochs_done, "stop_reason": state.stop_reason,
-        "train_seconds": round(state.train_seconds, 2), "device": str(state.device), "world_size": state.dist.world,
-        "split_sizes": {k: len(v) for k, v in bundle.splits.items()},
-        "source": get_entry(cfg.model).source, "edgefashion": __version__, "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
+    return TrainReport(
+        model=cfg.model, data=bundle.name, labels=list(meta.labels), params=count_params(state.model),
+        img_size=meta.input_size, in_chans=meta.in_chans,
+        test_accuracy=te["acc"], test_loss=te["loss"], test_images=te["n"],
+        per_class_accuracy=dict(zip(meta.labels, te["per_class"])), confusion_matrix=te["confusion"],
+        train_accuracy=tr["acc"], best_val_accuracy=state.best["val_acc"], best_epoch=state.best["epoch"],
+        epochs_run=state.epochs_done, stop_reason=state.stop_reason,
+        train_seconds=round(state.train_seconds, 2), device=str(state.device), world_size=state.dist.world,
+        split_sizes={k: len(v) for k, v in bundle.splits.items()},
+        source=get_entry(cfg.model).source, edgefashion=__version__, torch=torch.__version__,
+        python=platform.python_version(),
+    )
 
 
-def _write_results(state: RunState, results: dict, te: dict, log) -> None:
+def _write_results(state: RunState, results: TrainReport, te: dict, log) -> None:
     cfg, out_dir = state.cfg, state.out_dir
-    atomic_write_text(out_dir / RESULTS_JSON, json.dumps(results, indent=2) + "\n")
+    results.write(out_dir / RESULTS_JSON)
     try:
         from .plots import plot_confusion, plot_curves
         plot_curves(state.history, out_dir / "curves.png", title=f"{cfg.model} on {state.bundle.name}")
