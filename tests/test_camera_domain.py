@@ -169,3 +169,25 @@ def test_benchmark_video_is_labelled_and_scored(tmp_path):
     assert s["items"] == 4 and s["garment_frames"] == 12
     s = run.score(frames, labels, 0.95)  # too strict a threshold: every garment frame is 'uncertain'
     assert s["frame_accuracy"] == 0 and s["garment_uncertain"] == 1 and s["frame_top1"] == 1
+
+
+def test_scene_crops_are_recoloured_and_joined_but_stay_real_pixels():
+    from edgefashion.training import camera_aug
+    pool = torch.rand(6, 3, 16, 16)
+    bg = pool[[0, 1, 2, 3] * 50]
+    out = camera_aug._vary_scenes(bg, pool, torch.Generator().manual_seed(0))
+    assert torch.equal(out, camera_aug._vary_scenes(bg, pool, torch.Generator().manual_seed(0)))  # seeded
+    kinds = {"kept": 0, "recoloured": 0, "joined": 0}
+    for o, b in zip(out, bg):
+        same_pixel = (o.sort(0).values == b.sort(0).values).all(0)  # a channel permutation keeps each pixel's values
+        if torch.equal(o, b):
+            kinds["kept"] += 1
+        elif same_pixel.all():
+            kinds["recoloured"] += 1
+        else:
+            kinds["joined"] += 1
+            # the rest of the frame is one other scene crop, pixel for pixel: nothing is invented
+            assert any(torch.equal(o[:, ~same_pixel], p[:, ~same_pixel]) for p in pool)
+    n = len(bg)  # P_BG_RECOLOUR 0.5, P_BG_COLLAGE 0.3 (an edge that misses the frame joins nothing)
+    assert 0.25 * n < kinds["kept"] < 0.5 * n and 0.2 * n < kinds["recoloured"] < 0.5 * n
+    assert 0.1 * n < kinds["joined"] < 0.4 * n

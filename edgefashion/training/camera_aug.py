@@ -4,9 +4,10 @@ clothing-small's photos are garments laid out on a bed, a floor or a door, filli
 garment held up in front of a room, smaller, off-centre, under other light, blurred and noisy. For a share of
 each batch (`P_COMPOSITE`) the garment is cut out of its photo (data.scene.garment_mask: GrabCut, computed once
 per image and cached by content) and composited, at 40-100% of the frame's height and up to 15% off-centre, onto
-a background: a crop of one of the TRAINING background photographs (edgefashion/backgrounds/train/; the held-out
-set is never used here) or a crop of the border of another training photo of the batch (a bed, a floor: the
-photo's own background, where its garment is absent). The rest of the batch gets today's `strong` geometry.
+a background: a crop of one of the TRAINING background photographs (edgefashion/backgrounds/train/; the
+calibration and held-out sets are never used here), recoloured or joined to another scene some of the time, or
+a crop of the border of another training photo of the batch (a bed, a floor: the photo's own background, where
+its garment is absent). The rest of the batch gets today's `strong` geometry.
 Then every image goes through camera conditions: exposure gain and offset, a colour cast, defocus or motion blur,
 sensor noise and JPEG re-compression, and the `strong` colour jitter; random erasing follows normalisation (in
 datasets.batch_to_input).
@@ -34,6 +35,13 @@ HEIGHT = (0.4, 1.0)  # the garment's share of the frame's height
 OFFSET = 0.15  # of the frame's size, each way
 ROTATE = 8.0  # degrees
 POOL_PER_PHOTO = 64  # background crops per training background photograph
+# A few dozen scenes are few: a model learns them by heart, and is sure of itself in front of a scene it has not
+# seen. Each scene crop is recoloured (its colour channels permuted: a blue sky turns orange, a green field
+# purple) or joined to a crop of another scene along a random straight edge, so the backgrounds a batch shows
+# are many more than the photographs.
+P_BG_RECOLOUR = 0.5
+P_BG_COLLAGE = 0.3
+_PERMUTATIONS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
 NOISE_BANK = 256
 KERNEL = 7  # blur kernel side at the model's input size (96 px: a 7 px streak is a fast hand)
 
@@ -142,6 +150,26 @@ def _place(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return _warp(x, theta)
 
 
+def _vary_scenes(bg: torch.Tensor, pool: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Background crops (N, C, S, S) recoloured and joined to other scenes (P_BG_RECOLOUR, P_BG_COLLAGE)."""
+    n, c, s, _ = bg.shape
+    dev = bg.device
+    if c == 3:
+        perms = torch.tensor(_PERMUTATIONS, device=dev)
+        which = torch.randint(1, len(_PERMUTATIONS), (n,), generator=g, device=dev)
+        on = torch.rand(n, generator=g, device=dev) < P_BG_RECOLOUR
+        order = torch.where(on[:, None], perms[which], perms[0])
+        bg = torch.gather(bg, 1, order[:, :, None, None].expand(-1, -1, s, s))
+    other = pool[torch.randint(0, pool.shape[0], (n,), generator=g, device=dev)]
+    # A straight edge through a random point at a random angle: one side keeps the scene, the other is another.
+    ang = _u(n, 0, 2 * math.pi, g, dev)[:, None, None]
+    px, py = _u(n, -0.5, 0.5, g, dev)[:, None, None], _u(n, -0.5, 0.5, g, dev)[:, None, None]
+    coords = (torch.arange(s, device=dev, dtype=bg.dtype) + 0.5) / s - 0.5
+    side = ((coords.view(1, 1, s) - px) * torch.cos(ang) + (coords.view(1, s, 1) - py) * torch.sin(ang)) > 0
+    join = (torch.rand(n, generator=g, device=dev) < P_BG_COLLAGE)[:, None, None] & side
+    return torch.where(join[:, None], other, bg)
+
+
 def _border_crops(x: torch.Tensor, alpha: torch.Tensor) -> "tuple[torch.Tensor, torch.Tensor]":
     """For each image, the corner third of ANOTHER image of the batch (its reverse partner) where that
     partner's garment is least present, enlarged to the full size; and whether that corner is really garment-
@@ -242,7 +270,7 @@ def camera_augment(x: torch.Tensor, xb: torch.Tensor, g: torch.Generator, strong
         if empty is not None:
             a = a * (~empty[ci]).to(a.dtype)[:, None, None, None]
         pool = st.pool(s, c, dev)
-        bg = pool[torch.randint(0, pool.shape[0], (len(ci),), generator=g, device=dev)]
+        bg = _vary_scenes(pool[torch.randint(0, pool.shape[0], (len(ci),), generator=g, device=dev)], pool, g)
         if len(ci) > 1:
             crops, clean = _border_crops(xc, alpha)
             use_crop = (torch.rand(len(ci), generator=g, device=dev) >= P_PHOTO_BG) & clean
