@@ -184,18 +184,22 @@ def test_export_check_arm_guard(monkeypatch, tmp_path):
     res = {"fp32": {"arm_accuracy": 0.905, "agreement": 1.0, "images": 2000}, "int8_drop_pp": 0.9,
            "int8": {"arm_accuracy": 0.896, "agreement": 0.985, "images": 2000}, "fp32_agreement_ok": True}
     monkeypatch.setattr(arm, "export_check", lambda *a, **k: json.loads(json.dumps(res)))
-    args = (tmp_path, "int8", {"data": "fashion-mnist"}, None, 2000, 0.5)
+    from types import SimpleNamespace
+
+    def check(allow_drop, report=None):
+        report = report or SimpleNamespace(arm=None)  # _check_arm fills report.arm, as on an ExportReport
+        opts = ex.ExportOptions(quantize="int8", max_drop=0.5, allow_drop=allow_drop, arm_subset=2000)
+        ex._check_arm(report, tmp_path, opts, {"data": "fashion-mnist"}, tmp_path, lambda m: None)
+        return report
+
     with pytest.raises(ex.ExportError, match="INT8 accuracy on ARM 0.8960 is 0.90 pp below FP32 0.9050"):
-        ex._check_arm({}, *args, False, tmp_path, lambda m: None)
-    report = {}
-    ex._check_arm(report, *args, True, tmp_path, lambda m: None)
-    assert report["arm"]["accuracy_guard"] == "exceeded, allowed"
+        check(False)
+    assert check(True).arm["accuracy_guard"] == "exceeded, allowed"
     res["int8_drop_pp"] = 0.2
-    ex._check_arm(report, *args, False, tmp_path, lambda m: None)
-    assert report["arm"]["accuracy_guard"] == "passed"
+    assert check(False).arm["accuracy_guard"] == "passed"
     res["fp32_agreement_ok"], res["fp32"]["agreement"] = False, 0.99
     with pytest.raises(ex.ExportError, match="FP32 top-1 agreement x86 vs ARM 99.00%"):
-        ex._check_arm({}, *args, False, tmp_path, lambda m: None)
+        check(False)
 
 
 # --- one real run under emulation ---

@@ -249,18 +249,22 @@ def decide(ema: np.ndarray, k: int, threshold: float) -> Shown:
 
 @dataclass
 class Tally:
-    """Counts over the run: frames, 'uncertain' frames and, on labelled sources, right answers."""
+    """Counts over the run: frames, 'uncertain' frames and, on labelled sources, right answers. A frame is right
+    when it SHOWS the right label: one shown as 'uncertain' is not right, whatever its top guess was."""
     frames: int = 0
     uncertain: int = 0
     labelled: int = 0
-    correct: int = 0
-    correct_raw: int = 0  # unsmoothed
+    correct: int = 0  # shown label right
+    correct_top1: int = 0  # top guess right, at any confidence
+    correct_raw: int = 0  # top guess right, unsmoothed
 
     def count(self, shown: Shown, probs: np.ndarray, truth: Optional[str], label_index: dict) -> None:
         self.uncertain += shown.unsure
         if truth is not None and truth in label_index:
             self.labelled += 1
-            self.correct += shown.best == label_index[truth]
+            top1 = shown.best == label_index[truth]
+            self.correct_top1 += top1
+            self.correct += top1 and not shown.unsure
             self.correct_raw += int(probs.argmax()) == label_index[truth]
 
 
@@ -463,7 +467,7 @@ def summarize(loop: Loop, elapsed: float, stopped: str, src_stats: dict) -> dict
     if loop.server is not None:
         summary["serve"] = loop.server.stats()
     if t.labelled:
-        summary.update(accuracy=round(t.correct / t.labelled, 4),
+        summary.update(accuracy=round(t.correct / t.labelled, 4), accuracy_top1=round(t.correct_top1 / t.labelled, 4),
                        accuracy_unsmoothed=round(t.correct_raw / t.labelled, 4), labelled_frames=t.labelled)
     return summary
 
@@ -520,6 +524,7 @@ def format_summary(s: dict) -> str:
     for stage, v in s["latency_ms"].items():
         lines.append(f"  {stage:<10} p50 {v['p50']:7.3f} ms   p95 {v['p95']:7.3f} ms")
     if "accuracy" in s:
-        lines.append(f"  accuracy {s['accuracy']:.4f} on {s['labelled_frames']} labelled frames "
-                     f"(unsmoothed {s['accuracy_unsmoothed']:.4f})")
+        lines.append(f"  accuracy {s['accuracy']:.4f} on {s['labelled_frames']} labelled frames ('uncertain' "
+                     f"counts as not right; top guess right at any confidence {s['accuracy_top1']:.4f}, "
+                     f"unsmoothed {s['accuracy_unsmoothed']:.4f})")
     return "\n".join(lines)
