@@ -107,7 +107,7 @@ def zoo(domain, as_json):
                      "input": f"{e.in_chans}x{e.img_size}x{e.img_size}", "domain": e.domain, "source": e.source})
     if as_json:
         for r in rows:
-            click.echo(json.dumps(r.to_dict()))
+            click.echo(json.dumps(r))
         return
     click.echo(f"{'name':<18}{'params':>12}{'MFLOPs':>10}  {'input':<12}source")
     for r in rows:

@@ -235,6 +235,16 @@ def test_list_models():
         list_models("cifar")
 
 
+def test_cli_zoo_lists_every_model_as_json_lines():
+    from click.testing import CliRunner
+    from edgefashion.cli import cli
+    r = CliRunner().invoke(cli, ["zoo", "--domain", "fashion-mnist", "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in r.output.splitlines()]
+    assert [row["name"] for row in rows] == list_models("fashion-mnist")
+    assert all(row["params"] > 0 and row["input"] == "1x28x28" for row in rows)
+
+
 def test_duplicate_registration_raises():
     before = dict(zoo._REGISTRY)
     with pytest.raises(ValueError, match="already registered"):
