@@ -33,14 +33,14 @@ class ReportError(ValueError):
 
 @dataclass
 class Report:
+    KIND: ClassVar[str] = "report"  # what a file of this kind is called in an error
+    OMIT_NONE: ClassVar[tuple] = ()  # fields left out of the file while unset (a part not made), rather than null
     extra: dict = field(default_factory=dict, repr=False)  # keys this version does not define
 
     def __post_init__(self) -> None:
         unset = [f.name for f in fields(self) if getattr(self, f.name) is _REQUIRED]
         if unset:
             raise TypeError(f"{type(self).__name__}: missing {', '.join(unset)}")
-
-    OMIT_NONE: ClassVar[tuple] = ()  # fields the file leaves out while unset (a part that was not made), rather than null
 
     def to_dict(self) -> dict:
         """The JSON object: every field, except those in OMIT_NONE that are None."""
@@ -82,8 +82,6 @@ class Report:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ReportError(f"{path}: not readable as JSON ({e})") from None
         return cls.from_dict(d, str(path))
-
-    KIND = "report"
 
 
 @dataclass

@@ -325,7 +325,8 @@ def stage_guard(report: ExportReport, quantize: str, max_drop: float, allow_drop
                 log: Callable[[str], None]) -> None:
     f, i = report.fp32, report.int8
     drop = round((f["test_accuracy"] - i["test_accuracy"]) * 100, 4)
-    report.size_ratio, report.accuracy_drop_pp, report.max_drop_pp = round(i["size_bytes"] / f["size_bytes"], 4), drop, max_drop
+    report.size_ratio = round(i["size_bytes"] / f["size_bytes"], 4)
+    report.accuracy_drop_pp, report.max_drop_pp = drop, max_drop
     log(f"test accuracy fp32 {f['test_accuracy']:.4f}, int8 {i['test_accuracy']:.4f} (drop {drop:+.2f} pp)")
     if drop > max_drop and quantize == "auto":
         # auto does not fail on an INT8 loss: it keeps FP32 instead (_auto_keep).
@@ -376,9 +377,8 @@ def stage_int8(report: ExportReport, opts: "ExportOptions", settings: q.QuantSet
                data: RunData, out_dir: Path, log: Callable[[str], None]) -> None:
     """Quantize, guard the accuracy, check the answers on every CPU family of the target: report.int8,
     .accuracy_guard, .cross_cpu."""
-    mode = "int8" if opts.quantize == "auto" else opts.quantize
     int8 = tmp / INT8_NAME
-    report.int8, extra = stage_quantize(mode, settings, tmp / FP32_NAME, int8, meta, data,
+    report.int8, extra = stage_quantize(opts.mode, settings, tmp / FP32_NAME, int8, meta, data,
                                         calib_methods=opts.calib_methods, per_channel=opts.per_channel,
                                         latency_runs=opts.latency_runs, log=log)
     stage_guard(report, opts.quantize, opts.max_drop, opts.allow_drop, out_dir, log)
@@ -428,8 +428,13 @@ class ExportOptions:
             raise ExportError(f"--quantize {self.quantize!r}: choose from {', '.join(QUANTIZE_MODES)}")
         if self.parity_images < 1:
             raise ExportError(f"--parity-images must be positive, got {self.parity_images}")
-        if self.quantize in ("int8", "auto") and self.calib_size < 1:
+        if self.mode == "int8" and self.calib_size < 1:
             raise ExportError(f"--calib-size must be positive for int8, got {self.calib_size}")
+
+    @property
+    def mode(self) -> str:
+        """The quantization that runs: auto quantizes as int8, then decides which file to keep (_auto_keep)."""
+        return "int8" if self.quantize == "auto" else self.quantize
 
     @property
     def camera(self) -> dict:
@@ -521,7 +526,7 @@ def _check_arm(report: ExportReport, tmp: Path, opts: ExportOptions, cfg: dict, 
     max_drop, allow_drop = opts.max_drop, opts.allow_drop
     log(f"checking on an emulated Raspberry Pi 4 (qemu-aarch64, {opts.arm_subset} test images)")
     try:
-        a = arm.export_check(tmp / FP32_NAME, tmp / INT8_NAME if opts.quantize != "none" else None,
+        a = arm.export_check(tmp / FP32_NAME, tmp / INT8_NAME if opts.mode != "none" else None,
                              str(cfg.get("data")), subset=opts.arm_subset,
                              data_dir=opts.data_dir or cfg.get("data_dir"), log=log)
     except arm.ArmError as e:
@@ -574,8 +579,8 @@ def _auto_keep(report: ExportReport, tmp: Path, shape: tuple, runs: int, log: Ca
     why = (f"int8 {c['b_ms']:.3g} ms vs fp32 {c['a_ms']:.3g} ms (int8/fp32 {c['b_over_a']:.2f}, b1 t1 on "
            f"{(report.cpu or {}).get('machine', '?')}); accuracy drop {drop:+.2f} pp (limit {limit} pp)")
     report.auto = {"kept": keep, "fp32_ms": c["a_ms"], "int8_ms": c["b_ms"], "int8_over_fp32": c["b_over_a"],
-                      "accuracy_drop_pp": drop, "max_drop_pp": limit, "batch": c["batch"], "threads": c["threads"],
-                      "runs": c["runs"], "reason": why}
+                   "accuracy_drop_pp": drop, "max_drop_pp": limit, "batch": c["batch"], "threads": c["threads"],
+                   "runs": c["runs"], "reason": why}
     log(f"auto: keeping {keep}: {why}")
     if keep == "fp32":
         (tmp / INT8_NAME).unlink()
