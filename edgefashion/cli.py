@@ -301,9 +301,11 @@ def reproduce(suite, epochs_scale, device, models, data_dir, limit, img_size, ou
 # --- export / inspect (training half for export; inspect is torch-free) ---
 
 def _camera_default_options(f):
-    """export's --camera-roi, --camera-smooth and --camera-threshold: the camera's defaults written into the files
-    (ModelMeta.roi, .smooth, .threshold), chosen on a camera-like validation video."""
-    for name, kind, what in (("threshold", float, "'uncertain' threshold"),
+    """export's --camera-roi, --camera-smooth, --camera-threshold and --camera-temperature: the camera's defaults
+    written into the files (ModelMeta.roi, .smooth, .threshold, .temperature), chosen on a camera-like validation
+    video."""
+    for name, kind, what in (("temperature", float, "softmax temperature (probabilities = softmax(logits / T))"),
+                             ("threshold", float, "'uncertain' threshold"),
                              ("smooth", float, "smoothing (EMA weight of the newest frame, 1 = none)"),
                              ("roi", str, "region of interest (full, center:F or X,Y,W,H)")):
         f = click.option(f"--camera-{name}", type=kind, default=None,
@@ -350,7 +352,7 @@ def _camera_default_options(f):
 @_fails_with_message(_export_errors, interrupt=True)
 def export_cmd(src, out, quantize, opset, calib_size, max_drop, allow_drop, data_dir, parity_images,
                calib_methods, latency_runs, check_arm, arm_subset, target, cpu_check, cpu_check_subset,
-               allow_disagreement, camera_roi, camera_smooth, camera_threshold):
+               allow_disagreement, camera_roi, camera_smooth, camera_threshold, camera_temperature):
     """Export a trained run to ONNX (model.onnx) and INT8 (model.int8.onnx), verified, with report.json and
     report.md. SRC may also be an exported model.onnx (or its folder): it is quantized again, e.g. for
     another --target, and the folder is replaced only when every check passes.
@@ -369,7 +371,8 @@ def export_cmd(src, out, quantize, opset, calib_size, max_drop, allow_drop, data
                           calib_methods=methods, latency_runs=latency_runs, log=click.echo,
                           check_arm=check_arm, arm_subset=arm_subset, target=target, cpu_check=cpu_check,
                           cpu_check_subset=cpu_check_subset, allow_disagreement=allow_disagreement,
-                          camera_roi=camera_roi, camera_smooth=camera_smooth, camera_threshold=camera_threshold)
+                          camera_roi=camera_roi, camera_smooth=camera_smooth, camera_threshold=camera_threshold,
+                          camera_temperature=camera_temperature)
     f, i = r.fp32, r.int8
     click.echo(f"\n{'':<8}{'size':>12}{'test acc':>10}{'val acc':>10}{'b1 t1 ms':>10}")
     for name, d in (("fp32", f), ("int8", i)):
@@ -409,8 +412,8 @@ def inspect_cmd(model_path, as_json):
     click.echo(f"labels: {', '.join(m.labels)}")
     click.echo(f"preprocessing: domain {m.domain}, resize {m.resize} ({m.interpolation}), colour {m.color}, "
                f"mean {list(m.mean)}, std {list(m.std)}")
-    click.echo(f"camera: roi {m.roi}, smoothing {m.smooth:g}, 'uncertain' below {m.threshold:g} (the camera's "
-               f"defaults)")
+    click.echo(f"camera: roi {m.roi}, smoothing {m.smooth:g}, temperature {m.temperature:g}, 'uncertain' below "
+               f"{m.threshold:g} (the camera's defaults)")
     if m.split:
         from .data.splits import SplitSpec
         click.echo(f"split: {SplitSpec.from_meta(m)} (how training carved the splits a data set does not ship; "
@@ -578,6 +581,9 @@ def eval_cmd(model, data, split, data_dir, as_json, plot, limit, batch_size, thr
 @click.option("--threshold", type=float, default=None,
               help="Below this smoothed top probability a frame says 'uncertain' instead of guessing [default: "
                    "the model's own, calibrated at export (inspect shows it), else 0.5].")
+@click.option("--temperature", type=float, default=None,
+              help="Softmax temperature: probabilities are softmax(logits / T), before smoothing and the "
+                   "threshold [default: the model's own, calibrated at export, else 1].")
 @click.option("--retries", type=int, default=None,
               help="Reconnect attempts when a live source drops [default: $EDGEFASHION_CAMERA_RETRIES, else 5].")
 @click.option("--retry-delay", type=float, default=None,
@@ -597,7 +603,7 @@ def eval_cmd(model, data, split, data_dir, as_json, plot, limit, batch_size, thr
                    "(the environment variable keeps it out of the process list).")
 @_fails_with_message(_runtime_errors)
 def camera_cmd(model, source, threads, spin, headless, as_json, max_frames, record, realtime, top_k, smooth,
-               threshold, retries, retry_delay, data_dir, roi, serve, serve_fps, serve_quality, serve_max_clients,
+               threshold, temperature, retries, retry_delay, data_dir, roi, serve, serve_fps, serve_quality, serve_max_clients,
                serve_token):
     """Classify frames live with an overlay of the top-3 labels, probabilities, FPS and latency.
 
@@ -617,7 +623,7 @@ def camera_cmd(model, source, threads, spin, headless, as_json, max_frames, reco
     opt = CameraOptions(model=resolve_model(model, "photo"), source=source, threads=threads, spin=spin,
                         headless=headless, json=as_json, max_frames=max_frames,
                         record=Path(record) if record else None, realtime=realtime, top_k=top_k,
-                        smooth=smooth, threshold=threshold, retries=retries, retry_delay=retry_delay,
+                        smooth=smooth, threshold=threshold, temperature=temperature, retries=retries, retry_delay=retry_delay,
                         data_dir=data_dir, roi=None if roi == "model" else roi, serve=serve, serve_fps=serve_fps,
                         serve_quality=serve_quality, serve_max_clients=serve_max_clients, serve_token=serve_token)
     run_camera(opt)

@@ -41,6 +41,11 @@ DEFAULT_THRESHOLD = 0.5
 # The camera's EMA weight of the newest frame's probabilities (ModelMeta.smooth; 1 = no smoothing): the default
 # of files without a calibrated one (export --camera-smooth).
 DEFAULT_SMOOTH = 0.5
+# The camera's softmax temperature (ModelMeta.temperature): probabilities are softmax(logits / T). T > 1
+# flattens them, and ranks frames by how far the best logit stands above the rest more than by the top
+# probability alone, which separates garments from empty scenes better on the calibration video
+# (benchmarks/camera/README.md); the threshold is calibrated at the same T. Files made before it read as 1.
+DEFAULT_TEMPERATURE = 1.0
 
 
 def _is_number(v: Any) -> bool:
@@ -71,6 +76,8 @@ class ModelMeta:
     threshold: float = DEFAULT_THRESHOLD
     # The camera's smoothing over frames (EMA weight of the newest; files made before it read as 0.5).
     smooth: float = DEFAULT_SMOOTH
+    # The camera's softmax temperature (files made before it read as 1: plain softmax).
+    temperature: float = DEFAULT_TEMPERATURE
     # How the data set's unshipped splits were carved for training (data.splits.SplitSpec as a dict:
     # val_fraction, test_fraction, seed), so `eval --split val|test` scores the images training held out.
     # Empty in files made before it was recorded: those used SplitSpec's defaults.
@@ -117,6 +124,8 @@ class ModelMeta:
             raise MetaError(f"metadata threshold must be a number in [0, 1], got {self.threshold!r}")
         if not _is_number(self.smooth) or not 0 < self.smooth <= 1:
             raise MetaError(f"metadata smooth must be a number in (0, 1], got {self.smooth!r}")
+        if not _is_number(self.temperature) or not 0 < self.temperature <= 100:
+            raise MetaError(f"metadata temperature must be a number in (0, 100], got {self.temperature!r}")
         try:
             Roi.parse(self.roi)
         except ValueError as e:

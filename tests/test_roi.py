@@ -19,7 +19,8 @@ from edgefashion.runtime.preprocess import crop_roi, preprocess
 LABELS = ["dress", "hat", "longsleeve", "outwear", "pants", "shirt", "shoes", "shorts", "skirt", "t-shirt"]
 
 
-def tiny_photo_model(path: Path, roi=None, drop_roi_key=False, threshold=None, smooth=None) -> Path:
+def tiny_photo_model(path: Path, roi=None, drop_roi_key=False, threshold=None, smooth=None,
+                     temperature=None) -> Path:
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
     rng = np.random.default_rng(0)
@@ -40,6 +41,8 @@ def tiny_photo_model(path: Path, roi=None, drop_roi_key=False, threshold=None, s
         meta = meta.replace(threshold=threshold)
     if smooth is not None:
         meta = meta.replace(smooth=smooth)
+    if temperature is not None:
+        meta = meta.replace(temperature=temperature)
     props = meta.to_onnx_props()
     if drop_roi_key:  # a file exported before ModelMeta had `roi`
         d = json.loads(props["edgefashion"])
@@ -157,6 +160,32 @@ def test_camera_threshold_and_smoothing_defaults_from_metadata_and_options(tmp_p
     assert "smoothing 1," in run_cli("inspect", raw).stdout
     with pytest.raises(MetaError, match="smooth"):
         photo_meta("x", LABELS, 32).replace(smooth=0)
+
+
+def _frame_tops(stdout: str) -> list:
+    return [json.loads(line)["top"] for line in stdout.splitlines() if line.startswith('{"frame"')]
+
+
+def test_camera_temperature_from_metadata_and_options(tmp_path, frame):
+    """probabilities = softmax(logits / T): at T = 2 the ratio of two classes' probabilities is the square root
+    of the ratio at T = 1; the file's own T unless --temperature overrides it; files without one read as 1."""
+    video = _video(tmp_path / "clip.mp4", frame)
+    plain = tiny_photo_model(tmp_path / "plain.onnx", smooth=1.0)
+    hot = tiny_photo_model(tmp_path / "hot.onnx", smooth=1.0, temperature=2.0)
+    base = ("camera", "--source", video, "--headless", "--json", "--threads", "1", "--threshold", "0")
+    p1, p2 = run_cli(*base, "--model", plain).stdout, run_cli(*base, "--model", hot).stdout
+    assert _summary(p1)["temperature"] == 1.0 and _summary(p2)["temperature"] == 2.0
+    for a, b in zip(_frame_tops(p1), _frame_tops(p2)):
+        assert [x["label"] for x in a] == [x["label"] for x in b]  # the order never changes
+        assert b[0]["prob"] < a[0]["prob"]
+        assert b[0]["prob"] / b[1]["prob"] == pytest.approx((a[0]["prob"] / a[1]["prob"]) ** 0.5, rel=2e-3)
+    p3 = run_cli(*base, "--model", hot, "--temperature", "1").stdout
+    assert _summary(p3)["temperature"] == 1.0 and _frame_tops(p3) == _frame_tops(p1)
+    assert "temperature 2," in run_cli("inspect", hot).stdout
+    bad = run_cli(*base, "--model", hot, "--temperature", "0", check=False)
+    assert bad.returncode != 0 and "--temperature" in bad.stderr
+    with pytest.raises(MetaError, match="temperature"):
+        photo_meta("x", LABELS, 32).replace(temperature=-1)
 
 
 def test_predict_and_eval_accept_roi(tmp_path, frame):

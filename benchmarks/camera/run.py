@@ -30,17 +30,22 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_MODEL = REPO / "export" / "resnet10-clothing-small" / "model.int8.onnx"
 DEFAULT_ROIS = "full,center:0.9,center:0.8,center:0.7,center:0.6,center:0.5"
 SWEEP = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-MODEL = "model"  # --roi/--threshold/--smooth value: the model's own camera default (its metadata)
+MODEL = "model"  # --roi/--threshold/--smooth/--temperature value: the model's own camera default (its metadata)
 # --calibrate: the camera's defaults for a model, chosen on the calibration video (validation photos over the
-# CALIBRATION scenes, which neither training nor the benchmark uses): the (roi, smoothing, threshold) with the best
+# CALIBRATION scenes, which neither training nor the benchmark uses): the (roi, smoothing, temperature, threshold)
+# with the best
 # item-majority accuracy among those that keep at least this share of background-only frames 'uncertain'.
-CALIBRATION_THRESHOLDS = tuple(round(0.2 + 0.025 * i, 3) for i in range(29))  # 0.2 ... 0.9
+# 0.1 ... 0.9 in steps of 0.005: above a temperature the top probabilities crowd together just above 1/classes.
+CALIBRATION_THRESHOLDS = tuple(round(0.1 + 0.005 * i, 3) for i in range(161))
 MIN_BACKGROUND_UNCERTAIN = 0.9
 
 
-def run_camera(model: Path, video: Path, roi: str, threshold: str, smooth: str = MODEL, extra=()) -> tuple:
-    """The camera's per-frame JSON and summary; `model` for roi, threshold or smooth leaves the model's own."""
-    own = [[flag, v] for flag, v in (("--threshold", threshold), ("--smooth", smooth)) if v != MODEL]
+def run_camera(model: Path, video: Path, roi: str, threshold: str, smooth: str = MODEL, extra=(),
+               temperature: str = MODEL) -> tuple:
+    """The camera's per-frame JSON and summary; `model` for roi, threshold, smooth or temperature leaves the
+    model's own."""
+    own = [[flag, v] for flag, v in (("--threshold", threshold), ("--smooth", smooth),
+                                     ("--temperature", temperature)) if v != MODEL]
     cmd = [sys.executable, "-m", "edgefashion", "camera", "--model", str(model), "--source", str(video),
            "--headless", "--json", "--threads", "1", "--roi", roi, *[x for pair in own for x in pair], *extra]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -80,15 +85,15 @@ def _repo_relative(path: Path) -> str:
 
 
 def calibrate(frames_by_setting: dict, labels: dict) -> dict:
-    """Over runs keyed by (roi, smooth): the (roi, smooth, threshold) with the best item-majority accuracy (then
-    frames right) among those keeping MIN_BACKGROUND_UNCERTAIN of background-only frames 'uncertain'; the
-    strictest threshold if none does."""
+    """Over runs keyed by (roi, smooth, temperature): the setting and threshold with the best item-majority
+    accuracy (then frames right) among those keeping MIN_BACKGROUND_UNCERTAIN of background-only frames
+    'uncertain'; the strictest threshold if none does."""
     cands = [(setting, t, score(frames, labels, t)) for setting, frames in frames_by_setting.items()
              for t in CALIBRATION_THRESHOLDS]
     ok = [c for c in cands if (c[2]["background_uncertain"] or 0) >= MIN_BACKGROUND_UNCERTAIN]
-    (roi, smooth), t, s = max(ok or cands, key=lambda c: ((c[2]["item_majority_accuracy"], c[2]["frame_accuracy"])
+    (roi, smooth, temperature), t, s = max(ok or cands, key=lambda c: ((c[2]["item_majority_accuracy"], c[2]["frame_accuracy"])
                                                          if ok else (c[2]["background_uncertain"] or 0, c[1])))
-    return {"roi": roi, "smooth": smooth, "threshold": t, "scores": s, "met_background_target": bool(ok),
+    return {"roi": roi, "smooth": smooth, "temperature": temperature, "threshold": t, "scores": s, "met_background_target": bool(ok),
             "min_background_uncertain": MIN_BACKGROUND_UNCERTAIN}
 
 
@@ -96,41 +101,41 @@ def write_md(results: dict, path: Path) -> None:
     lines = [f"# Camera benchmark: {results['video']}", "",
              f"{results['labels']['frames']} frames ({results['labels']['items']} items x {results['labels']['hold']} "
              f"frames, {results['runs'][0]['scores']['background_frames']} background-only frames), 640x480; "
-             f"`edgefashion camera --headless --json --threads 1` with each row's roi, smoothing and threshold "
+             f"`edgefashion camera --headless --json --threads 1` with each row's roi, smoothing, temperature and threshold "
              f"('model': the file's own camera defaults). Made by `{results['command']}` on {results['machine']}.", "",
-             "| model | roi | smooth | threshold | frames right | item majority right | top-1 (any confidence) | garment uncertain "
+             "| model | roi | smooth | T | threshold | frames right | item majority right | top-1 (any confidence) | garment uncertain "
              "| background uncertain | FPS |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results["runs"]:
         s = r["scores"]
-        lines.append(f"| {r['name']} | {r['roi']} | {r['smooth']} | {s['threshold']} | {s['frame_accuracy']:.1%} | {s['item_majority_accuracy']:.1%} | "
+        lines.append(f"| {r['name']} | {r['roi']} | {r['smooth']} | {r.get('temperature', 1.0)} | {s['threshold']} | {s['frame_accuracy']:.1%} | {s['item_majority_accuracy']:.1%} | "
                      f"{s['frame_top1']:.1%} | {s['garment_uncertain']:.1%} | {s['background_uncertain']:.1%} | "
                      f"{r['fps']} |")
     if results.get("demo"):
         lines += ["", "The demo (`edgefashion camera --source demo`: the package's 50 test photos over held-out scenes), "
                       "each model with its own camera defaults:", "",
-                  "| model | frames | live accuracy ('uncertain' is not right) | top guess right | uncertain frames | roi | smooth | threshold | FPS |",
-                  "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
+                  "| model | frames | live accuracy ('uncertain' is not right) | top guess right | uncertain frames | roi | smooth | T | threshold | FPS |",
+                  "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
         for name, d in results["demo"].items():
             lines.append(f"| {name} | {d['frames']} | {d['accuracy']:.1%} | {d['accuracy_top1']:.1%} | {d['uncertain_frames']} | {d['roi']} | "
-                         f"{d['smooth']} | {d['threshold']} | {d['fps']} |")
+                         f"{d['smooth']} | {d.get('temperature') or 1.0} | {d['threshold']} | {d['fps']} |")
     if results.get("calibration"):
         lines += ["", f"Calibrated camera defaults (best item-majority accuracy with at least "
                       f"{MIN_BACKGROUND_UNCERTAIN:.0%} of background frames uncertain):", "",
-                  "| model | roi | smooth | threshold | frames right | item majority right | background uncertain |",
-                  "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+                  "| model | roi | smooth | T | threshold | frames right | item majority right | background uncertain |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for name, c in results["calibration"].items():
             sc = c["scores"]
-            lines.append(f"| {name} | {c['roi']} | {c['smooth']} | {c['threshold']} | {sc['frame_accuracy']:.1%} | "
+            lines.append(f"| {name} | {c['roi']} | {c['smooth']} | {c['temperature']} | {c['threshold']} | {sc['frame_accuracy']:.1%} | "
                          f"{sc['item_majority_accuracy']:.1%} | {sc['background_uncertain']:.1%} |")
     lines += ["", "Other thresholds, scored from the same runs (frames right / item majority / background "
                   "uncertain):", "",
-              "| model | roi | smooth | " + " | ".join(f"t={t}" for t in SWEEP) + " |",
-              "| --- | --- | ---: | " + " | ".join("---" for _ in SWEEP) + " |"]
+              "| model | roi | smooth | T | " + " | ".join(f"t={t}" for t in SWEEP) + " |",
+              "| --- | --- | ---: | ---: | " + " | ".join("---" for _ in SWEEP) + " |"]
     for r in results["runs"]:
         cells = [f"{s['frame_accuracy']:.0%} / {s['item_majority_accuracy']:.0%} / {s['background_uncertain']:.0%}"
                  for s in r["sweep"]]
-        lines.append(f"| {r['name']} | {r['roi']} | {r['smooth']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['name']} | {r['roi']} | {r['smooth']} | {r.get('temperature', 1.0)} | " + " | ".join(cells) + " |")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -148,11 +153,12 @@ def plot(results: dict, path: Path) -> None:
     for ax, name in zip(axes[0], names):
         rs = [r for r in runs if r["name"] == name]
         scores = [r["scores"] for r in rs]
-        ticks = [r["roi"] + ("" if len({q["smooth"] for q in rs}) == 1 else f"\nsmooth {r['smooth']}") for r in rs]
+        ticks = [r["roi"] + ("" if len({q["smooth"] for q in rs}) == 1 else f"\nsmooth {r['smooth']}")
+                 + ("" if len({q.get("temperature") for q in rs}) == 1 else f"\nT {r.get('temperature')}") for r in rs]
         if name in calibrated:  # the operating point chosen, at its own threshold
             c = calibrated[name]
             scores.append(c["scores"])
-            ticks.append(f"calibrated\n{c['roi']}, s {c['smooth']}, t {c['threshold']}")
+            ticks.append(f"calibrated\n{c['roi']}, s {c['smooth']}, T {c['temperature']}, t {c['threshold']}")
         x = range(len(scores))
         w = 0.27
         for k, (key, lab) in enumerate(metrics):
@@ -182,9 +188,11 @@ def main() -> None:
     ap.add_argument("--roi", default=DEFAULT_ROIS, help="Comma-separated list; split on ';' for X,Y,W,H ROIs.")
     ap.add_argument("--threshold", default="0.5", help="A number, or model: the model's own (its metadata).")
     ap.add_argument("--smooth", default="0.5", help="Comma-separated EMA weights (1 = none), or model.")
+    ap.add_argument("--temperature", default=MODEL,
+                    help="Comma-separated softmax temperatures, or model [default: model].")
     ap.add_argument("--out", default=str(HERE / "results"), help="Writes OUT.json, OUT.md and OUT.png.")
     ap.add_argument("--calibrate", action="store_true",
-                    help="Also choose each model's camera defaults (roi, smooth, threshold) from these runs: the best "
+                    help="Also choose each model's camera defaults (roi, smooth, temperature, threshold) from these runs: the best "
                          f"item-majority accuracy with >= {MIN_BACKGROUND_UNCERTAIN:.0%} of background frames "
                          "uncertain. Run it on the calibration video (make_videos.py --split val --backgrounds "
                          "calib), never on the benchmark.")
@@ -198,20 +206,22 @@ def main() -> None:
     names = args.name or [m.parent.name for m in models]
     rois = args.roi.split(";") if ";" in args.roi else args.roi.split(",")
     smooths = args.smooth.split(",")
+    temperatures = args.temperature.split(",")
     runs, frames_of = [], {}
     for model, name in zip(models, names):
-        for roi, smooth in [(r, sm) for r in rois for sm in smooths]:
+        for roi, smooth, temp in [(r, sm, tp) for r in rois for sm in smooths for tp in temperatures]:
             t = time.perf_counter()
-            frames, summary, cmd = run_camera(model, video, roi, args.threshold, smooth)
-            frames_of[(name, summary["roi"], summary["smooth"])] = frames
+            frames, summary, cmd = run_camera(model, video, roi, args.threshold, smooth, temperature=temp)
             # What the camera used (the model's own defaults where asked for them), as it reports them.
-            roi, smooth = summary["roi"], summary["smooth"]
+            roi, smooth, temp = summary["roi"], summary["smooth"], summary.get("temperature", 1.0)
+            frames_of[(name, roi, smooth, temp)] = frames
             s = score(frames, labels, summary["threshold"])
-            runs.append({"name": name, "model": str(model), "roi": roi, "smooth": smooth, "scores": s,
+            runs.append({"name": name, "model": str(model), "roi": roi, "smooth": smooth, "temperature": temp,
+                         "scores": s,
                          "fps": summary["fps"],
                          "latency_ms": summary["latency_ms"], "sweep": [score(frames, labels, th) for th in SWEEP],
                          "command": " ".join(["edgefashion", *cmd[3:]])})
-            print(f"{name} roi={roi} smooth={smooth} threshold={summary['threshold']}: frames right {s['frame_accuracy']:.3f}, item majority "
+            print(f"{name} roi={roi} smooth={smooth} T={temp} threshold={summary['threshold']}: frames right {s['frame_accuracy']:.3f}, item majority "
                   f"{s['item_majority_accuracy']:.3f}, top-1 {s['frame_top1']:.3f}, background uncertain "
                   f"{s['background_uncertain']:.3f}, {summary['fps']} FPS ({time.perf_counter() - t:.0f} s)",
                   flush=True)
@@ -228,7 +238,7 @@ def main() -> None:
                                          extra=("--max-frames", str(args.demo_frames)))
             results["demo"][name] = {"model": _repo_relative(model), "command": " ".join(["edgefashion", *cmd[3:]]),
                                      **{k: summary.get(k) for k in ("frames", "accuracy", "accuracy_top1", "accuracy_unsmoothed",
-                                                                    "uncertain_frames", "fps", "roi", "smooth",
+                                                                    "uncertain_frames", "fps", "roi", "smooth", "temperature",
                                                                     "threshold")}}
             d = results["demo"][name]
             print(f"{name} demo: live accuracy {d['accuracy']}, {d['uncertain_frames']} of {d['frames']} frames "
@@ -237,10 +247,12 @@ def main() -> None:
         results["calibration"] = {name: calibrate({key[1:]: f for key, f in frames_of.items() if key[0] == name},
                                                   labels) for name in names}
         for name, c in results["calibration"].items():
-            print(f"{name}: calibrated camera defaults roi {c['roi']}, smooth {c['smooth']}, threshold {c['threshold']} "
+            print(f"{name}: calibrated camera defaults roi {c['roi']}, smooth {c['smooth']}, temperature "
+                  f"{c['temperature']}, threshold {c['threshold']} "
                   f"(item majority {c['scores']['item_majority_accuracy']:.3f}, frames right "
                   f"{c['scores']['frame_accuracy']:.3f}, background uncertain "
                   f"{c['scores']['background_uncertain']:.3f}): export --camera-roi {c['roi']} --camera-smooth {c['smooth']} "
+                  f"--camera-temperature {c['temperature']} "
                   f"--camera-threshold {c['threshold']}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -49,6 +49,7 @@ class CameraOptions:
     top_k: int = 3
     smooth: Optional[float] = None  # EMA weight of the newest frame; 1 = no smoothing; None: the model's
     threshold: Optional[float] = None  # below this smoothed top probability "uncertain"; None: the model's
+    temperature: Optional[float] = None  # softmax(logits / T); None: the model's
     retries: Optional[int] = None
     retry_delay: Optional[float] = None
     data_dir: Optional[str] = None
@@ -75,6 +76,8 @@ class CameraOptions:
             raise ValueError(f"--smooth must be in (0, 1], got {self.smooth}")
         if self.threshold is not None and not 0 <= self.threshold <= 1:
             raise ValueError(f"--threshold must be in [0, 1], got {self.threshold}")
+        if self.temperature is not None and not 0 < self.temperature <= 100:
+            raise ValueError(f"--temperature must be in (0, 100], got {self.temperature}")
         if self.max_frames is not None and self.max_frames < 1:
             raise ValueError(f"--max-frames must be positive, got {self.max_frames}")
         if self.top_k < 1:
@@ -209,11 +212,13 @@ def _percentiles(ring: np.ndarray, n: int) -> dict:
 # --- the loop: source -> preprocess -> infer -> smooth -> decide -> emit / draw / serve ------------------------
 
 class Smoother:
-    """Softmax of each frame's logits and their exponential moving average over frames (weight `alpha` for the
-    newest; 1 = none), in place on preallocated vectors."""
+    """Softmax of each frame's logits at `temperature` and their exponential moving average over frames (weight
+    `alpha` for the newest; 1 = none), in place on preallocated vectors."""
 
-    def __init__(self, num_classes: int, alpha: float) -> None:
+    def __init__(self, num_classes: int, alpha: float, temperature: float = 1.0) -> None:
         self.alpha = float(alpha)
+        self.temperature = float(temperature)
+        self._inv_t = np.float32(1.0 / self.temperature)
         self.probs = np.empty(num_classes, np.float32)  # this frame's
         self.ema = np.zeros(num_classes, np.float32)  # what is shown
         self._started = False
@@ -221,6 +226,8 @@ class Smoother:
     def update(self, logits: np.ndarray) -> None:
         p = self.probs
         np.subtract(logits, logits.max(), out=p)  # subtracting the max keeps exp() finite
+        if self._inv_t != 1:
+            p *= self._inv_t
         np.exp(p, out=p)
         p /= p.sum()
         if not self._started or self.alpha >= 1.0:
@@ -299,8 +306,8 @@ class Loop:
 
 
 def open_loop(opt: CameraOptions, log: Callable[[str], None]) -> Loop:
-    """The model, its camera defaults (ROI, threshold) unless the options override them, the source and the
-    server."""
+    """The model, its camera defaults (ROI, threshold, smoothing, temperature) unless the options override them,
+    the source and the server."""
     if not opt.headless and sys.platform.startswith("linux") and not (
             os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         # OpenCV's Qt backend aborts the whole process without a display; say it in one line first.
@@ -315,7 +322,8 @@ def open_loop(opt: CameraOptions, log: Callable[[str], None]) -> Loop:
     alpha = 1.0 if src.__class__.__name__ == "ImageFolderSource" else float(
         opt.smooth if opt.smooth is not None else meta.smooth)
     loop = Loop(opt=opt, meta=meta, roi=roi, threshold=threshold, runner=FrameRunner(clf, roi), src=src,
-                smoother=Smoother(meta.num_classes, alpha), k=min(opt.top_k, meta.num_classes),
+                smoother=Smoother(meta.num_classes, alpha,
+                                  opt.temperature if opt.temperature is not None else meta.temperature), k=min(opt.top_k, meta.num_classes),
                 label_index={lab: i for i, lab in enumerate(meta.labels)},
                 quoted=[json.dumps(lab) for lab in meta.labels],
                 ring=np.zeros((RING, len(STAGES)), np.float32), tally=Tally())
@@ -462,6 +470,7 @@ def summarize(loop: Loop, elapsed: float, stopped: str, src_stats: dict) -> dict
         "rss_mb": {"after_100_frames": _round(loop.rss_start), "end": _round(rss_mb())},
         "stopped": stopped, "model": str(opt.model), "source": loop.src.name, "source_stats": src_stats,
         "threads": opt.threads, "spin": opt.spin, "smooth": loop.smoother.alpha, "threshold": loop.threshold,
+        "temperature": loop.smoother.temperature,
         "roi": str(loop.roi), "uncertain_frames": t.uncertain,
     }
     if loop.server is not None:

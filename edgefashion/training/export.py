@@ -422,6 +422,7 @@ class ExportOptions:
     camera_roi: str | None = None
     camera_smooth: float | None = None
     camera_threshold: float | None = None
+    camera_temperature: float | None = None
 
     def __post_init__(self) -> None:
         if self.quantize not in QUANTIZE_MODES:
@@ -439,7 +440,8 @@ class ExportOptions:
     @property
     def camera(self) -> dict:
         return {k: v for k, v in (("roi", self.camera_roi), ("smooth", self.camera_smooth),
-                                  ("threshold", self.camera_threshold)) if v is not None}
+                                  ("threshold", self.camera_threshold),
+                                  ("temperature", self.camera_temperature)) if v is not None}
 
 
 def stage_meta(source: Source, opts: ExportOptions, created: str) -> ModelMeta:
@@ -449,7 +451,7 @@ def stage_meta(source: Source, opts: ExportOptions, created: str) -> ModelMeta:
                                    split=source.meta.split or SplitSpec.from_meta(source.meta).to_dict(),
                                    extra=provenance(source, created), **opts.camera)
     except MetaError as e:
-        raise ExportError(f"--camera-roi/--camera-smooth/--camera-threshold: {e}") from None
+        raise ExportError(f"--camera-roi/--camera-smooth/--camera-threshold/--camera-temperature: {e}") from None
 
 
 def new_report(source: Source, meta: ModelMeta, opts: ExportOptions, settings: q.QuantSettings, host_cpu: dict,
@@ -474,8 +476,8 @@ def export_checkpoint(src: str | Path, out_dir: str | Path | None = None, *,
     (int8 static, kept only when within max_drop and faster than FP32 on this CPU; see _auto_keep).
     target: the CPU families the INT8 answers must hold on (quantize.target_settings); with `cpu_check` they
     are verified there image by image. `cpu` overrides detect_cpu() for target "native". camera_roi /
-    camera_smooth / camera_threshold: the camera's defaults to record in the files (ModelMeta.roi, .smooth,
-    .threshold)."""
+    camera_smooth / camera_threshold / camera_temperature: the camera's defaults to record in the files
+    (ModelMeta.roi, .smooth, .threshold, .temperature)."""
     opts = ExportOptions(**options)
     host_cpu = q.detect_cpu() if opts.cpu is None else opts.cpu
     settings = q.target_settings(opts.target, host_cpu)  # an unknown target fails before any work
