@@ -385,6 +385,13 @@ def test_cli_export_end_to_end(tiny_run, tmp_path):
     r = json.loads((out / "report.json").read_text())
     assert r["int8"]["calib_size"] == 64 and r["quantize"] == "int8"
     assert r["parity"]["top1_agreement"] >= 0.999
+    # Exporting into the folder again replaces what export writes and keeps what the user put there; a file
+    # this export does not write (no INT8 with --quantize none) does not survive from the old one.
+    (out / "COMMAND").write_text("how this model was made\n")
+    run_cli("export", tiny_run, "--quantize", "none", "--out", out, "--latency-runs", "5", "--no-cpu-check",
+            cwd=tmp_path)
+    assert sorted(x.name for x in out.iterdir()) == ["COMMAND", "model.onnx", "report.json", "report.md"]
+    assert (out / "COMMAND").read_text() == "how this model was made\n"
 
 
 def test_inspect_and_classifier_run_without_torch(tiny_export):

@@ -391,10 +391,20 @@ def stage_int8(report: ExportReport, opts: "ExportOptions", settings: q.QuantSet
         rewrite_metadata(int8, meta.replace(extra={**extra, "cross_cpu": report.cross_cpu}))
 
 
+# What an export folder holds that export writes; anything else in it (a COMMAND or README someone put there)
+# is the user's, and a new export into the folder keeps it.
+EXPORT_FILES = frozenset({FP32_NAME, INT8_NAME, REPORT_JSON, REPORT_MD})
+
+
 def stage_write(report: ExportReport, tmp: Path, out_dir: Path) -> None:
-    """report.json and report.md beside the files, everything synced, then the folder swapped into place."""
+    """report.json and report.md beside the files, the user's own files of the old folder copied over,
+    everything synced, then the folder swapped into place."""
     report.write(tmp / REPORT_JSON)
     (tmp / REPORT_MD).write_text(report_markdown(report))
+    if out_dir.is_dir():
+        for f in out_dir.iterdir():
+            if f.is_file() and not f.is_symlink() and f.name not in EXPORT_FILES and not (tmp / f.name).exists():
+                shutil.copy2(f, tmp / f.name)
     _fsync_dir_files(tmp)
     _swap_into_place(tmp, out_dir)
 
