@@ -244,9 +244,11 @@ def test_accuracy_guard_trips_and_allow_drop_keeps(tiny_run, tmp_path):
 def test_successful_reexport_replaces_folder_atomically(tiny_run, tmp_path):
     dest = tmp_path / "again"
     dest.mkdir()
-    (dest / "stale.txt").write_text("old")
+    (dest / "model.int8.onnx").write_text("an older export's")  # export's own file: not written this time
+    (dest / "notes.txt").write_text("mine")  # the user's: kept
     ex.export_checkpoint(tiny_run, dest, quantize="none", **FAST)
-    assert sorted(p.name for p in dest.iterdir()) == ["model.onnx", "report.json", "report.md"]
+    assert sorted(p.name for p in dest.iterdir()) == ["model.onnx", "notes.txt", "report.json", "report.md"]
+    assert (dest / "notes.txt").read_text() == "mine"
     assert _leftovers(tmp_path) == []
 
 
