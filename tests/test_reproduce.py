@@ -53,6 +53,19 @@ def test_reproduce_tiny_and_resume(shared_data, tmp_path):
     assert [r["epochs_run"] for r in table["rows"]] == [2, 2]
     assert report.read_text() != report_before
 
+    # --models with a subset updates those rows and keeps the others, in the suite's order, saying which
+    # command re-ran which rows.
+    logreg_row = table["rows"][0]
+    p = run_cli(*args[:4], "cnn1", *args[5:])
+    table = json.loads((tmp_path / "bench" / "reproduce-fashion-mnist.json").read_text())
+    assert [r["model"] for r in table["rows"]] == ["logreg", "cnn1"]
+    assert table["rows"][0] == logreg_row and table["rows"][1]["updated"]["command"].endswith(
+        "--models cnn1 --epochs-scale 0.05 --limit 1500 --out " + str(tmp_path / "runs") + " --table-dir "
+        + str(tmp_path / "bench"))
+    assert [u["models"] for u in table["updates"]] == [["cnn1"]]
+    md = (tmp_path / "bench" / "reproduce-fashion-mnist.md").read_text()
+    assert "| cnn1 * |" in md and "| logreg |" in md and "Rows of cnn1 (marked *) re-run by" in md
+
 
 def _finished_run(path, epochs_run, stop_reason, scheduler):
     path.mkdir(parents=True)
@@ -86,7 +99,7 @@ def test_one_img_size_serves_the_photo_suite():
 
 def test_img_size_applies_to_every_model_of_the_photo_suite(tmp_path, monkeypatch):
     """resnet20 is a Fashion-MNIST design at 28 px, but in the photo suite it sees photos at --img-size; alexnet,
-    which cannot take 64 px, runs at its smallest input."""
+    whose stride-4 11x11 stem cannot take 64 px, runs at the suite's size for it, 128 px."""
     import pytest
 
     from edgefashion.training import reproduce as rp
@@ -101,4 +114,4 @@ def test_img_size_applies_to_every_model_of_the_photo_suite(tmp_path, monkeypatc
         with pytest.raises(KeyboardInterrupt):
             rp.reproduce("photos", models=[model], img_size=64, out=tmp_path / "runs", table_dir=tmp_path,
                          log=lambda *a: None)
-    assert seen == {"resnet20": 64, "alexnet": 67}
+    assert seen == {"resnet20": 64, "alexnet": 128}
