@@ -155,6 +155,9 @@ def zoo(domain, as_json):
 @click.option("--pretrained", is_flag=True, help="Start from timm's pretrained weights (timm-backed models; downloads).")
 @click.option("--init-weights", type=click.Path(dir_okay=False), default=None,
               help="Start from a checkpoint or state-dict file (tensors of other shapes are left fresh).")
+@click.option("--qat", is_flag=True,
+              help="Quantization-aware training: fine-tune the --init-weights model with fake quantization "
+                   "(a few epochs at a low --lr); `export` then writes its INT8 file from it instead of calibrating.")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
               help="Run folder [default: runs/<model>-<data>, numbered if it exists].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
@@ -165,7 +168,7 @@ def zoo(domain, as_json):
 @_fails_with_message(_training_errors, interrupt=True)
 def train(model, data, data_dir, epochs, batch_size, lr, optimizer, momentum, weight_decay, scheduler,
           warmup_epochs, early_stopping, patience, augment, label_smoothing, mixup, cutmix, empty_frames, empty_weight, img_size,
-          in_chans, val_fraction, limit, seed, device, no_amp, pretrained, init_weights, out, resume, quiet, nproc):
+          in_chans, val_fraction, limit, seed, device, no_amp, pretrained, init_weights, qat, out, resume, quiet, nproc):
     """Train a zoo model; writes a run folder with config.json, metrics.csv, best.pt, last.pt, results.json,
     curves.png and confusion_matrix.png.
 
@@ -173,6 +176,8 @@ def train(model, data, data_dir, epochs, batch_size, lr, optimizer, momentum, we
     edgefashion train --model cnn4 --data fashion-mnist --epochs 3
     edgefashion train --model seq5 --data clothing-small --img-size 96 --epochs 2
     edgefashion train --resume --out runs/cnn4-fashion-mnist
+    edgefashion train --model mobilenetv3-small --data clothing-small --img-size 64 --qat \\
+        --init-weights runs/mobilenetv3-small-clothing-small/best.pt --epochs 4 --lr 1e-4
     torchrun --nproc_per_node 4 -m edgefashion train --model resnet18 --data clothing-small
     """
     _need_torch()
@@ -185,7 +190,8 @@ def train(model, data, data_dir, epochs, batch_size, lr, optimizer, momentum, we
                       warmup_epochs=warmup_epochs, early_stopping=early_stopping, patience=patience,
                       augment=augment, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix, empty_frames=empty_frames,
                       empty_weight=empty_weight, img_size=img_size, in_chans=int(in_chans) if in_chans else None, val_fraction=val_fraction, limit=limit,
-                      seed=seed, device=device, amp=not no_amp, pretrained=pretrained, init_weights=init_weights)
+                      seed=seed, device=device, amp=not no_amp, pretrained=pretrained, init_weights=init_weights,
+                      qat=qat)
     fit(cfg, out, resume=resume, progress=not quiet)
 
 

@@ -33,6 +33,7 @@ from ..reports import ExportReport, ReportError, TrainReport
 from ..names import (CHECKPOINTS, FP32_FILE, INT8_FILE, INT8_SUFFIX, REPORT_JSON, REPORT_MD, RESULTS_JSON, TEST, TRAIN,
                      VAL)
 from ..runtime.preprocess import normalize
+from . import qat
 from . import quantize as q
 from .train import load_checkpoint, model_from_checkpoint
 
@@ -188,6 +189,11 @@ class Source:
     epoch: int | None = None
     recorded: ExportReport | None = None  # the ONNX source's report.json, when there is one
 
+    @property
+    def qat(self) -> bool:
+        """A quantization-aware trained checkpoint: its INT8 file comes from its own fake quantization."""
+        return self.kind == "checkpoint" and bool(self.cfg.get("qat"))
+
 
 def onnx_source_file(src: Path) -> Path | None:
     """The FP32 ONNX file `src` names (a .onnx file, or an export folder without checkpoints), else None."""
@@ -203,6 +209,8 @@ def load_source(src: Path) -> Source:
     if onnx_file is None:
         ckpt = load_checkpoint(src)
         model, meta = model_from_checkpoint(ckpt)
+        if qat.is_qat(ckpt):
+            qat.freeze_observers(model)  # the checkpoint's ranges are the file's: no forward pass may move them
         results = _run_results(src)
         return Source("checkpoint", checkpoint_file(src), meta, ckpt.get("config") or {},
                       {"val_accuracy": results and results.best_val_accuracy,
@@ -278,8 +286,10 @@ def stage_fp32(source: Source, meta: ModelMeta, fp32: Path, data: RunData, *, op
     """model.onnx and its checks: (the FP32 report, the parity report)."""
     if source.kind == "checkpoint":
         log(f"exporting {meta.model} to ONNX opset {opset}")
-        export_onnx(source.model, meta, fp32, opset=opset)
-        par = parity(source.model, fp32, data.val_x[:parity_images])
+        # A QAT run's FP32 file is its float twin: the fine-tuned weights without the fake quantization.
+        model = qat.float_twin(source.model) if source.qat else source.model
+        export_onnx(model, meta, fp32, opset=opset)
+        par = parity(model, fp32, data.val_x[:parity_images])
         log(f"parity on {par['images']} val images: top-1 agreement {par['top1_agreement']:.4%}, "
             f"max |logit diff| {par['max_abs_logit_diff']:.2e}")
         check_parity(par, fp32)
@@ -298,13 +308,29 @@ def stage_fp32(source: Source, meta: ModelMeta, fp32: Path, data: RunData, *, op
 
 def stage_quantize(mode: str, settings: q.QuantSettings, fp32: Path, int8: Path, meta: ModelMeta, data: RunData, *,
                    calib_methods: Sequence[str], per_channel: Sequence[bool], latency_runs: int,
-                   log: Callable[[str], None]) -> tuple[dict, dict]:
-    """model.int8.onnx with its metadata: (the INT8 report, the INT8 file's metadata extra)."""
-    log(f"quantizing ({mode}, target {settings.target}); {settings.reason}")
-    if mode == "int8":
+                   log: Callable[[str], None], qat_model: torch.nn.Module | None = None,
+                   opset: int = 17) -> tuple[dict, dict]:
+    """model.int8.onnx with its metadata: (the INT8 report, the INT8 file's metadata extra). `qat_model`: a
+    quantization-aware trained model, whose own fake quantization becomes the QDQ file (no calibration)."""
+    if qat_model is not None and mode == "int8":
+        log(f"writing the QDQ file from the quantization-aware training's fake quantization (uint8 activations, "
+            f"7-bit per-channel weights: the portable target's integers; target {settings.target})")
+        export_onnx(qat.for_export(qat_model), meta, int8, opset=opset)
+        import onnx
+        m = onnx.load(str(int8))
+        folded = qat.fold_weight_quantizers(m)
+        onnx.checker.check_model(m, full_check=True)
+        int8.write_bytes(m.SerializeToString())
+        log(f"  {folded} weights stored as int8")
+        qrep = {"mode": "static", "format": "QDQ", "method": "qat", "per_channel": True, "reduce_range": True,
+                "activation_type": "QUInt8", "weight_type": "QInt8", "target": settings.target,
+                "isa": settings.isa, "reason": "quantization-aware training (train --qat)"}
+    elif mode == "int8":
+        log(f"quantizing ({mode}, target {settings.target}); {settings.reason}")
         qrep = q.quantize_static_search(fp32, int8, data.calib_x, data.val_x, data.val_y, settings,
                                         methods=calib_methods, per_channel=per_channel, log=log)
     else:
+        log(f"quantizing ({mode}, target {settings.target}); {settings.reason}")
         qrep = q.quantize_dynamic_file(fp32, int8, settings)
     extra = {**meta.extra, "precision": "int8", "quantization": {k: v for k, v in qrep.items() if k != "candidates"}}
     if qrep.get(ORT_DISABLED_OPTIMIZERS_KEY):
@@ -374,13 +400,14 @@ def stage_cross_cpu(int8: Path, meta: ModelMeta, extra: dict, settings: q.QuantS
 
 
 def stage_int8(report: ExportReport, opts: "ExportOptions", settings: q.QuantSettings, tmp: Path, meta: ModelMeta,
-               data: RunData, out_dir: Path, log: Callable[[str], None]) -> None:
+               data: RunData, out_dir: Path, log: Callable[[str], None], source: Source) -> None:
     """Quantize, guard the accuracy, check the answers on every CPU family of the target: report.int8,
     .accuracy_guard, .cross_cpu."""
     int8 = tmp / INT8_NAME
     report.int8, extra = stage_quantize(opts.mode, settings, tmp / FP32_NAME, int8, meta, data,
                                         calib_methods=opts.calib_methods, per_channel=opts.per_channel,
-                                        latency_runs=opts.latency_runs, log=log)
+                                        latency_runs=opts.latency_runs, log=log,
+                                        qat_model=source.model if source.qat else None, opset=opts.opset)
     stage_guard(report, opts.quantize, opts.max_drop, opts.allow_drop, out_dir, log)
     if opts.cpu_check:
         report.cross_cpu = stage_cross_cpu(int8, meta, extra, settings, subset=opts.cpu_check_subset,
@@ -503,7 +530,7 @@ def export_checkpoint(src: str | Path, out_dir: str | Path | None = None, *,
                                    parity_images=opts.parity_images, latency_runs=opts.latency_runs, log=log)
         report = new_report(source, meta, opts, settings, host_cpu, created, data, fp32_rep, par)
         if opts.quantize != "none":
-            stage_int8(report, opts, settings, tmp, meta, data, out_dir, log)
+            stage_int8(report, opts, settings, tmp, meta, data, out_dir, log, source)
         if opts.check_arm:
             _check_arm(report, tmp, opts, source.cfg, out_dir, log)
         if opts.quantize == "auto":
@@ -668,14 +695,16 @@ def report_markdown(report: ExportReport) -> str:
                   + (", recorded when the FP32 file was exported from its checkpoint." if p.get("recorded_at_fp32_export")
                      else ".")]
     if i:
-        lines += ["", f"Quantization: {i['mode']} {i['format']}, calibration {i['method']} on {i['calib_size']} "
-                  f"training images, per-channel {i['per_channel']}, activations {i['activation_type']}, weights "
-                  f"{i['weight_type']}, reduce_range {i['reduce_range']} ({i['reason']}).",
+        how = ("quantization-aware training (the ranges its fake quantization learned; no calibration)"
+               if i.get("method") == "qat" else f"calibration {i['method']} on {i['calib_size']} training images")
+        lines += ["", f"Quantization: {i['mode']} {i['format']}, {how}, per-channel {i['per_channel']}, activations "
+                  f"{i['activation_type']}, weights {i['weight_type']}, reduce_range {i['reduce_range']} "
+                  f"({i['reason']}).",
                   f"Accuracy drop {r['accuracy_drop_pp']:+.2f} pp (limit {r['max_drop_pp']} pp): {r['accuracy_guard']}."]
         fb = i.get("first_block_fp32") or {}
         if fb.get("tried"):
             lines += ["", f"First convolution block in FP32 (QDQ propagation off): {fb['reason']}."]
-        if i["candidates"]:
+        if i.get("candidates"):
             lines += ["", f"Candidates (chosen on {i['selected_on']}):", "", "| method | per-channel | val accuracy |",
                       "|---|---|---|"]
             lines += [f"| {c['method']} | {c['per_channel']} | {_pct(c['val_accuracy'])} |" for c in i["candidates"]]

@@ -87,6 +87,9 @@ class TrainConfig:
     pretrained: bool = False
     init_weights: str | None = None
     eval_batch_size: int = 512
+    # Quantization-aware training (qat.py): fine-tune the --init-weights model with fake quantization; the
+    # export then writes its INT8 file from the fake quantization instead of calibrating.
+    qat: bool = False
 
 
 def resolve_config(cfg: TrainConfig, data_kind: str | None = None) -> TrainConfig:
@@ -126,6 +129,8 @@ def resolve_config(cfg: TrainConfig, data_kind: str | None = None) -> TrainConfi
         raise ValueError(f"val_fraction must be between 0 and 1, got {out.val_fraction}")
     if not 0 <= out.test_fraction < 1:
         raise ValueError(f"test_fraction must be in [0, 1), got {out.test_fraction}")
+    if out.qat and not out.init_weights:
+        raise ValueError("--qat fine-tunes a trained model: give it one with --init-weights CHECKPOINT")
     return out
 
 
@@ -193,10 +198,14 @@ def model_from_checkpoint(ckpt: dict) -> tuple[nn.Module, ModelMeta]:
     """Rebuild the model a checkpoint describes, with its weights, in eval mode."""
     args = ckpt["model_args"]
     model = create_model(ckpt["model"], **args)
+    meta = ModelMeta.from_dict({**ckpt["meta"], "split": checkpoint_split(ckpt).to_dict()})
+    if (ckpt.get("config") or {}).get("qat"):
+        from . import qat
+        model = qat.prepare(model, meta)  # the fake-quant graph the state dict belongs to
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
     # Older checkpoints record the split in their config only; the meta carries it into exported files.
-    return model, ModelMeta.from_dict({**ckpt["meta"], "split": checkpoint_split(ckpt).to_dict()})
+    return model, meta
 
 
 def load_init_weights(model: nn.Module, path: str | Path) -> dict:
@@ -629,6 +638,12 @@ def _build_model(cfg: TrainConfig, meta: ModelMeta, device: torch.device, *, fre
     if cfg.init_weights and fresh:
         rep = load_init_weights(model, cfg.init_weights)
         log(f"init weights: {rep['loaded']} tensors from {cfg.init_weights}; kept fresh: {len(rep['missing'])}")
+    if cfg.qat:
+        from . import qat
+        # Fresh: BatchNorm folded from the trained statistics. Resumed: the checkpoint's weights replace them.
+        model = qat.prepare(model, meta)
+        log("quantization-aware training: BatchNorm folded into the convolutions, fake quantization inserted "
+            "(uint8 activations, 7-bit per-channel weights); ranges frozen for the second half of the epochs")
     model.to(device)
     if _channels_last(device):
         model = model.to(memory_format=torch.channels_last)
@@ -681,8 +696,14 @@ def _train_epoch(state: RunState, epoch: int, progress: bool) -> dict:
 
 
 def _score(state: RunState, split: str) -> dict:
-    return evaluate(state.model, state.bundle.splits[split], state.meta, device=state.device,
-                    batch_size=state.cfg.eval_batch_size, amp=state.cfg.amp, dist=state.dist)
+    if state.cfg.qat:
+        from . import qat
+        paused = qat.observers_paused(state.model)  # scoring must not move the quantization ranges
+    else:
+        paused = nullcontext()
+    with paused:
+        return evaluate(state.model, state.bundle.splits[split], state.meta, device=state.device,
+                        batch_size=state.cfg.eval_batch_size, amp=state.cfg.amp, dist=state.dist)
 
 
 def _validate(state: RunState, epoch: int) -> dict:
@@ -734,6 +755,11 @@ def run_epochs(state: RunState, progress: bool, log) -> None:
     last = state.out_dir / LAST_CHECKPOINT
     try:
         for epoch in range(state.start_epoch, state.cfg.epochs + 1):
+            if state.cfg.qat and epoch == state.cfg.epochs // 2 + 1:
+                from . import qat
+                # The second half trains with the file's ranges fixed, so that its best epoch is one the
+                # INT8 file reproduces.
+                qat.freeze_observers(state.model)
             tr = _train_epoch(state, epoch, progress)
             va = _validate(state, epoch)
             improved = _schedule(state, epoch, tr, va)
