@@ -55,10 +55,17 @@ def qat_run(tmp_path_factory, shared_data):
 def test_qat_checkpoint_rebuilds_its_fake_quant_model(qat_run):
     ckpt = load_checkpoint(qat_run / "qat" / "last.pt")
     assert ckpt["config"]["qat"] is True
+    flags = [v for k, v in ckpt["state_dict"].items() if k.endswith("observer_enabled")]
+    assert flags and all(int(v) == 0 for v in flags)  # training froze the ranges for its second half
     model, meta = model_from_checkpoint(ckpt)
     fq = [m for m in model.modules() if isinstance(m, FakeQuantize)]
-    assert fq and all(int(m.observer_enabled) == 0 for m in fq)  # the last epoch froze the ranges
+    assert fq and all(int(m.observer_enabled) == 0 for m in fq)
     assert all(int(m.fake_quant_enabled) == 1 for m in fq)
+    # The rebuilt model is for running: a forward pass leaves its ranges as the checkpoint has them.
+    scales = [m.scale.clone() for m in fq]
+    with torch.no_grad():
+        model(torch.randn(2, 3, 64, 64) * 10)
+    assert all(torch.equal(a, m.scale) for a, m in zip(scales, fq))
     weights = [m for m in fq if m.quant_min == qat.WEIGHT_QMIN]
     assert weights and all(m.quant_max == qat.WEIGHT_QMAX for m in weights)  # 7-bit weights
     results = json.loads((qat_run / "qat" / "results.json").read_text())

@@ -316,14 +316,14 @@ def open_loop(opt: CameraOptions, log: Callable[[str], None]) -> Loop:
     meta = clf.meta
     roi = Roi.parse(opt.roi if opt.roi is not None else meta.roi)
     threshold = opt.threshold if opt.threshold is not None else meta.threshold
+    temperature = opt.temperature if opt.temperature is not None else meta.temperature
     src = open_source(opt.source, meta, realtime=opt.realtime, retry=RetryPolicy.from_env(opt.retries, opt.retry_delay),
                       data_root=Path(opt.data_dir) if opt.data_dir else None, log=log)
     # Image folders are unrelated pictures: smoothing across them would blend different garments.
     alpha = 1.0 if src.__class__.__name__ == "ImageFolderSource" else float(
         opt.smooth if opt.smooth is not None else meta.smooth)
     loop = Loop(opt=opt, meta=meta, roi=roi, threshold=threshold, runner=FrameRunner(clf, roi), src=src,
-                smoother=Smoother(meta.num_classes, alpha,
-                                  opt.temperature if opt.temperature is not None else meta.temperature), k=min(opt.top_k, meta.num_classes),
+                smoother=Smoother(meta.num_classes, alpha, temperature), k=min(opt.top_k, meta.num_classes),
                 label_index={lab: i for i, lab in enumerate(meta.labels)},
                 quoted=[json.dumps(lab) for lab in meta.labels],
                 ring=np.zeros((RING, len(STAGES)), np.float32), tally=Tally())

@@ -50,8 +50,9 @@ class ExportError(RuntimeError):
 # --- torch -> ONNX ---------------------------------------------------------------------------------------------
 
 def export_onnx(model: torch.nn.Module, meta: ModelMeta, path: str | Path, *, opset: int = 17,
-                doc: str = "") -> None:
-    """Write `model` as ONNX with `meta` in metadata_props; runs onnx.checker (full check) on the result."""
+                doc: str = "", transform: Callable | None = None) -> None:
+    """Write `model` as ONNX with `meta` in metadata_props; runs onnx.checker (full check) on the result.
+    `transform(model_proto)`: a change to the exported graph before it is checked and written."""
     import onnx
     if opset < MIN_OPSET:
         raise ExportError(f"--opset {opset}: edgefashion exports opset {MIN_OPSET} or newer")
@@ -70,6 +71,8 @@ def export_onnx(model: torch.nn.Module, meta: ModelMeta, path: str | Path, *, op
             raise ExportError(f"torch.onnx.export of {meta.model} failed ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''})") from None
     m = onnx.load_from_string(buf.getvalue())
+    if transform is not None:
+        transform(m)
     set_metadata(m, meta)
     m.producer_name, m.producer_version = "edgefashion", __version__
     m.doc_string = doc or f"edgefashion {meta.model} ({meta.dataset or 'unknown data'})"
@@ -192,7 +195,7 @@ class Source:
     @property
     def qat(self) -> bool:
         """A quantization-aware trained checkpoint: its INT8 file comes from its own fake quantization."""
-        return self.kind == "checkpoint" and bool(self.cfg.get("qat"))
+        return self.kind == "checkpoint" and qat.is_qat(self.cfg)
 
 
 def onnx_source_file(src: Path) -> Path | None:
@@ -209,8 +212,6 @@ def load_source(src: Path) -> Source:
     if onnx_file is None:
         ckpt = load_checkpoint(src)
         model, meta = model_from_checkpoint(ckpt)
-        if qat.is_qat(ckpt):
-            qat.freeze_observers(model)  # the checkpoint's ranges are the file's: no forward pass may move them
         results = _run_results(src)
         return Source("checkpoint", checkpoint_file(src), meta, ckpt.get("config") or {},
                       {"val_accuracy": results and results.best_val_accuracy,
@@ -315,23 +316,16 @@ def stage_quantize(mode: str, settings: q.QuantSettings, fp32: Path, int8: Path,
     if qat_model is not None and mode == "int8":
         log(f"writing the QDQ file from the quantization-aware training's fake quantization (uint8 activations, "
             f"7-bit per-channel weights: the portable target's integers; target {settings.target})")
-        export_onnx(qat.for_export(qat_model), meta, int8, opset=opset)
-        import onnx
-        m = onnx.load(str(int8))
-        folded = qat.fold_weight_quantizers(m)
-        onnx.checker.check_model(m, full_check=True)
-        int8.write_bytes(m.SerializeToString())
-        log(f"  {folded} weights stored as int8")
+        export_onnx(qat.for_export(qat_model), meta, int8, opset=opset,
+                    transform=lambda m: log(f"  {qat.fold_weight_quantizers(m)} weights stored as int8"))
         qrep = {"mode": "static", "format": "QDQ", "method": "qat", "per_channel": True, "reduce_range": True,
                 "activation_type": "QUInt8", "weight_type": "QInt8", "target": settings.target,
                 "isa": settings.isa, "reason": "quantization-aware training (train --qat)"}
-    elif mode == "int8":
-        log(f"quantizing ({mode}, target {settings.target}); {settings.reason}")
-        qrep = q.quantize_static_search(fp32, int8, data.calib_x, data.val_x, data.val_y, settings,
-                                        methods=calib_methods, per_channel=per_channel, log=log)
     else:
         log(f"quantizing ({mode}, target {settings.target}); {settings.reason}")
-        qrep = q.quantize_dynamic_file(fp32, int8, settings)
+        qrep = (q.quantize_static_search(fp32, int8, data.calib_x, data.val_x, data.val_y, settings,
+                                         methods=calib_methods, per_channel=per_channel, log=log)
+                if mode == "int8" else q.quantize_dynamic_file(fp32, int8, settings))
     extra = {**meta.extra, "precision": "int8", "quantization": {k: v for k, v in qrep.items() if k != "candidates"}}
     if qrep.get(ORT_DISABLED_OPTIMIZERS_KEY):
         extra[ORT_DISABLED_OPTIMIZERS_KEY] = qrep[ORT_DISABLED_OPTIMIZERS_KEY]

@@ -65,35 +65,42 @@ def fold_bn(model: nn.Module) -> torch.fx.GraphModule:
     return torch.fx.GraphModule(gm, torch.fx.symbolic_trace(gm).graph)
 
 
-def qconfig_mapping():
+def qconfig_mapping(per_channel: bool = True, float_elementwise: bool = True):
+    """train --qat's quantization (the defaults); benchmarks/qat_probe.py measures the alternatives."""
     from torch.ao.quantization import (FakeQuantize, MovingAverageMinMaxObserver,
                                        MovingAveragePerChannelMinMaxObserver, QConfig, QConfigMapping)
     # Plain FakeQuantize: the default fused observer (fused_moving_avg_obs_fake_quant) cannot be exported.
     act = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=255,
                                  dtype=torch.quint8, qscheme=torch.per_tensor_affine)
-    weight = FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver, quant_min=WEIGHT_QMIN,
-                                    quant_max=WEIGHT_QMAX, dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
-                                    ch_axis=0)
+    if per_channel:
+        weight = FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver, quant_min=WEIGHT_QMIN,
+                                        quant_max=WEIGHT_QMAX, dtype=torch.qint8,
+                                        qscheme=torch.per_channel_symmetric, ch_axis=0)
+    else:
+        weight = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver, quant_min=WEIGHT_QMIN,
+                                        quant_max=WEIGHT_QMAX, dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
     mapping = QConfigMapping().set_global(QConfig(activation=act, weight=weight))
-    for kind in (nn.Hardswish, nn.Hardsigmoid, operator.mul, torch.mul, "mean"):
-        mapping.set_object_type(kind, None)
+    if float_elementwise:
+        for kind in (nn.Hardswish, nn.Hardsigmoid, operator.mul, torch.mul, "mean"):
+            mapping.set_object_type(kind, None)
     return mapping
 
 
-def prepare(model: nn.Module, meta: ModelMeta) -> torch.fx.GraphModule:
-    """`model` (trained weights) folded and prepared for QAT: fake quantization on weights and activations."""
+def prepare(model: nn.Module, meta: ModelMeta, mapping=None) -> torch.fx.GraphModule:
+    """`model` (trained weights) folded and prepared for QAT: fake quantization on weights and activations
+    (`mapping`: qconfig_mapping()'s by default)."""
     from torch.ao.quantization.quantize_fx import prepare_qat_fx
     example = torch.zeros(2, meta.in_chans, meta.input_size, meta.input_size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # torch.ao's notice that FX quantization is in maintenance
         try:
-            return prepare_qat_fx(fold_bn(model).train(), qconfig_mapping(), (example,))
+            return prepare_qat_fx(fold_bn(model).train(), mapping or qconfig_mapping(), (example,))
         except torch.fx.proxy.TraceError as e:
             raise ValueError(f"--qat: {meta.model} cannot be traced for quantization-aware training ({e})") from None
 
 
 def freeze_observers(model: nn.Module) -> None:
-    """Fix the quantization ranges (the last QAT epoch trains with the ranges the file will have)."""
+    """Fix the quantization ranges (the second half of a QAT run trains with the ranges the file will have)."""
     from torch.ao.quantization import disable_observer
     model.apply(disable_observer)
 
@@ -143,9 +150,9 @@ def for_export(model: nn.Module) -> nn.Module:
     return out
 
 
-def is_qat(ckpt_or_config: dict) -> bool:
-    cfg = ckpt_or_config.get("config", ckpt_or_config)
-    return bool(cfg.get("qat"))
+def is_qat(config: dict | None) -> bool:
+    """Whether a run's config (a checkpoint's "config") is a quantization-aware training run."""
+    return bool((config or {}).get("qat"))
 
 
 def fold_weight_quantizers(model_proto) -> int:

@@ -195,14 +195,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def model_from_checkpoint(ckpt: dict) -> tuple[nn.Module, ModelMeta]:
-    """Rebuild the model a checkpoint describes, with its weights, in eval mode."""
+    """Rebuild the model a checkpoint describes, with its weights, in eval mode (a QAT run's with its
+    quantization ranges frozen: running it must not move them)."""
     args = ckpt["model_args"]
     model = create_model(ckpt["model"], **args)
     meta = ModelMeta.from_dict({**ckpt["meta"], "split": checkpoint_split(ckpt).to_dict()})
-    if (ckpt.get("config") or {}).get("qat"):
-        from . import qat
+    from . import qat
+    qat_run = qat.is_qat(ckpt.get("config"))
+    if qat_run:
         model = qat.prepare(model, meta)  # the fake-quant graph the state dict belongs to
     model.load_state_dict(ckpt["state_dict"])
+    if qat_run:
+        qat.freeze_observers(model)  # after loading: the state dict carries the observers' on/off flags
     model.eval()
     # Older checkpoints record the split in their config only; the meta carries it into exported files.
     return model, meta
