@@ -152,6 +152,9 @@ def zoo(domain, as_json):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps.")
 @click.option("--no-amp", is_flag=True, help="Full precision on CUDA (mixed precision is the default there).")
+@click.option("--bf16", "cpu_bf16", is_flag=True,
+              help="bfloat16 autocast on a CPU that has it natively (AVX512-BF16 or AMX): about 2x faster training "
+                   "there; scores are still taken in float32. An error on other CPUs.")
 @click.option("--pretrained", is_flag=True, help="Start from timm's pretrained weights (timm-backed models; downloads).")
 @click.option("--init-weights", type=click.Path(dir_okay=False), default=None,
               help="Start from a checkpoint or state-dict file (tensors of other shapes are left fresh).")
@@ -168,7 +171,7 @@ def zoo(domain, as_json):
 @_fails_with_message(_training_errors, interrupt=True)
 def train(model, data, data_dir, epochs, batch_size, lr, optimizer, momentum, weight_decay, scheduler,
           warmup_epochs, early_stopping, patience, augment, label_smoothing, mixup, cutmix, empty_frames, empty_weight, img_size,
-          in_chans, val_fraction, limit, seed, device, no_amp, pretrained, init_weights, qat, out, resume, quiet, nproc):
+          in_chans, val_fraction, limit, seed, device, no_amp, cpu_bf16, pretrained, init_weights, qat, out, resume, quiet, nproc):
     """Train a zoo model; writes a run folder with config.json, metrics.csv, best.pt, last.pt, results.json,
     curves.png and confusion_matrix.png.
 
@@ -190,7 +193,7 @@ def train(model, data, data_dir, epochs, batch_size, lr, optimizer, momentum, we
                       warmup_epochs=warmup_epochs, early_stopping=early_stopping, patience=patience,
                       augment=augment, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix, empty_frames=empty_frames,
                       empty_weight=empty_weight, img_size=img_size, in_chans=int(in_chans) if in_chans else None, val_fraction=val_fraction, limit=limit,
-                      seed=seed, device=device, amp=not no_amp, pretrained=pretrained, init_weights=init_weights,
+                      seed=seed, device=device, amp=not no_amp, cpu_bf16=cpu_bf16, pretrained=pretrained, init_weights=init_weights,
                       qat=qat)
     fit(cfg, out, resume=resume, progress=not quiet)
 

@@ -169,6 +169,19 @@ def test_benchmark_video_is_labelled_and_scored(tmp_path):
     assert s["items"] == 4 and s["garment_frames"] == 12
     s = run.score(frames, labels, 0.95)  # too strict a threshold: every garment frame is 'uncertain'
     assert s["frame_accuracy"] == 0 and s["garment_uncertain"] == 1 and s["frame_top1"] == 1
+    # Calibration: the loosest threshold that still calls the background 'uncertain' wins (best items, then frames).
+    frames = [{"top": [{"label": t or "hat", "prob": 0.6 if t else 0.3}]} for t in truth]
+    c = run.calibrate({("full", 1.0, 1.0): frames}, labels)
+    assert c["met_background_target"] and 0.3 < c["threshold"] <= 0.6 and c["scores"]["frame_accuracy"] == 1.0
+    # The whole script on this video with the bundled model: every setting also scored at its own threshold.
+    res = tmp_path / "res"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "camera" / "run.py"), "--video", str(out),
+                    "--roi", "full", "--temperature", "1,4", "--calibrate", "--out", str(res)], check=True,
+                   capture_output=True)
+    got = json.loads(res.with_suffix(".json").read_text())
+    assert [r["temperature"] for r in got["runs"]] == [1.0, 4.0]
+    assert all(0.1 <= r["at_target"]["threshold"] <= 0.9 for r in got["runs"])
+    assert "Each setting at its own threshold" in res.with_suffix(".md").read_text()
 
 
 def test_scene_crops_are_recoloured_and_joined_but_stay_real_pixels():

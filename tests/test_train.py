@@ -322,3 +322,38 @@ def test_cli_train_with_cutmix_and_mixup(shared_data, tmp_path):
     r = run_cli("train", "--model", "cnn1", "--epochs", "1", "--limit", "600", "--mixup", "-1",
                 "--out", str(tmp_path / "bad"), "-q", check=False)
     assert r.returncode != 0 and "mixup must be >= 0" in r.stderr
+
+
+def test_bf16_autocast_on_cpu_only_when_asked():
+    from edgefashion.training.train import _autocast
+    lin = torch.nn.Linear(4, 4)
+    x = torch.randn(2, 4)
+    with _autocast(torch.device("cpu"), True):  # --amp means CUDA: the CPU stays float32 unless --bf16
+        assert lin(x).dtype == torch.float32
+    with _autocast(torch.device("cpu"), True, cpu_bf16=True):
+        assert lin(x).dtype == torch.bfloat16
+
+
+@pytest.mark.skipif(not __import__("edgefashion.training.train", fromlist=["x"]).cpu_has_native_bf16(),
+                    reason="this CPU has no native bfloat16")
+def test_cli_train_bf16_learns_and_scores_in_float32(shared_data, tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("train", "--model", "cnn4", "--data", "fashion-mnist", "--epochs", "2", "--limit", "3000",
+                "--bf16", "--out", str(out), "-q")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["cpu_bf16"] is True
+    res = TrainReport.read(out / "results.json")
+    assert res.test_accuracy > 0.6, r.stdout  # the same bar as the float32 run of the same size
+    model, meta = model_from_checkpoint(load_checkpoint(out / "best.pt"))
+    assert next(model.parameters()).dtype == torch.float32  # master weights stay float32: export is unchanged
+
+
+def test_bf16_refused_where_the_cpu_lacks_it(monkeypatch):
+    import edgefashion.training.train as train_mod
+    monkeypatch.setattr(train_mod, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(ValueError, match="native bfloat16"):
+        resolve_config(TrainConfig(model="cnn4", data="fashion-mnist", cpu_bf16=True))
+    with pytest.raises(ValueError, match="--bf16 and --qat"):
+        monkeypatch.setattr(train_mod, "cpu_has_native_bf16", lambda: True)
+        resolve_config(TrainConfig(model="cnn4", data="fashion-mnist", cpu_bf16=True, qat=True,
+                                   init_weights="x.pt"))

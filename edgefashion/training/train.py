@@ -84,6 +84,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # mixed precision on CUDA only
+    # bfloat16 autocast on a CPU that computes it natively (AVX512-BF16 or AMX); off by default, as it changes
+    # the arithmetic of runs that would otherwise repeat bit for bit. Measured here (AMD EPYC, AVX512-BF16, 2
+    # threads): ResNet-20 on Fashion-MNIST trains at 836 images/s against 425 in float32 (with channels_last).
+    cpu_bf16: bool = False
     pretrained: bool = False
     init_weights: str | None = None
     eval_batch_size: int = 512
@@ -129,6 +133,11 @@ def resolve_config(cfg: TrainConfig, data_kind: str | None = None) -> TrainConfi
         raise ValueError(f"val_fraction must be between 0 and 1, got {out.val_fraction}")
     if not 0 <= out.test_fraction < 1:
         raise ValueError(f"test_fraction must be in [0, 1), got {out.test_fraction}")
+    if out.cpu_bf16 and not cpu_has_native_bf16():
+        raise ValueError("--bf16 needs a CPU with native bfloat16 (AVX512-BF16 or AMX); this one has neither, "
+                         "and emulated bfloat16 is slower than float32")
+    if out.cpu_bf16 and out.qat:
+        raise ValueError("--bf16 and --qat: fake quantization models float32 arithmetic; train it without --bf16")
     if out.qat and not out.init_weights:
         raise ValueError("--qat fine-tunes a trained model: give it one with --init-weights CHECKPOINT")
     return out
@@ -245,10 +254,19 @@ def load_init_weights(model: nn.Module, path: str | Path) -> dict:
 
 # --- one epoch, evaluation ----------------------------------------------------------------------------------
 
-def _autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
+def cpu_has_native_bf16() -> bool:
+    cpu = torch.cpu
+    return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+
+
+def _autocast(device: torch.device, amp: bool, cpu_bf16: bool = False):
+    """Mixed precision: on CUDA with `amp`; on the CPU only with `cpu_bf16` (training: scores are taken in
+    float32 there, as the exported file computes)."""
+    if amp and device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast("cuda", dtype=dtype)
+    if cpu_bf16 and device.type == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return nullcontext()
 
 
@@ -327,7 +345,7 @@ def batch_loss(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, meta: Model
     ng = len(y)
     xg, y2, lam = mix_batch(x[:ng], y, cfg.mixup, cfg.cutmix, g)
     x = torch.cat([xg, x[ng:]]) if ng < len(x) else xg
-    with _autocast(device, cfg.amp):
+    with _autocast(device, cfg.amp, cfg.cpu_bf16):
         logits = model(x)
         lg = logits[:ng].float()
         loss = F.cross_entropy(lg, y, label_smoothing=cfg.label_smoothing) if ng else lg.sum()
@@ -507,11 +525,14 @@ def fit(cfg: TrainConfig, out_dir: str | Path | None = None, *, resume: bool = F
     metrics are reduced over ranks and only rank 0 writes the run folder, logs and checkpoints.
     """
     d, device_name = setup(cfg.device)
+    finished = False
     try:
-        return _fit(replace(cfg, device=device_name), out_dir, resume=resume,
-                    progress=progress and d.is_main, log=log if d.is_main else (lambda *a, **k: None), dist=d)
+        report = _fit(replace(cfg, device=device_name), out_dir, resume=resume,
+                      progress=progress and d.is_main, log=log if d.is_main else (lambda *a, **k: None), dist=d)
+        finished = True
+        return report
     finally:
-        teardown(d)
+        teardown(d, finished=finished)
 
 
 def _fit(cfg: TrainConfig, out_dir, *, resume: bool, progress: bool, log, dist: Dist) -> TrainReport:
