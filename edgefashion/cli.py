@@ -153,8 +153,8 @@ def zoo(domain, as_json):
 @click.option("--device", default="auto", show_default=True, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps.")
 @click.option("--no-amp", is_flag=True, help="Full precision on CUDA (mixed precision is the default there).")
 @click.option("--bf16", "cpu_bf16", is_flag=True,
-              help="bfloat16 autocast on a CPU that has it natively (AVX512-BF16 or AMX): about 2x faster training "
-                   "there; scores are still taken in float32. An error on other CPUs.")
+              help="bfloat16 autocast on a CPU that has it natively (AVX512-BF16 or AMX): about 1.6x faster training "
+                   "measured here; scores are still taken in float32. An error on other CPUs.")
 @click.option("--pretrained", is_flag=True, help="Start from timm's pretrained weights (timm-backed models; downloads).")
 @click.option("--init-weights", type=click.Path(dir_okay=False), default=None,
               help="Start from a checkpoint or state-dict file (tensors of other shapes are left fresh).")

@@ -84,17 +84,25 @@ def _repo_relative(path: Path) -> str:
     return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(path)
 
 
-def calibrate(frames_by_setting: dict, labels: dict) -> dict:
-    """Over runs keyed by (roi, smooth, temperature): the setting and threshold with the best item-majority
+def best_operating_point(cands: list) -> dict:
+    """Of candidate operating points ({roi, smooth, temperature, threshold, scores}): the best item-majority
     accuracy (then frames right) among those keeping MIN_BACKGROUND_UNCERTAIN of background-only frames
-    'uncertain'; the strictest threshold if none does."""
-    cands = [(setting, t, score(frames, labels, t)) for setting, frames in frames_by_setting.items()
-             for t in CALIBRATION_THRESHOLDS]
-    ok = [c for c in cands if (c[2]["background_uncertain"] or 0) >= MIN_BACKGROUND_UNCERTAIN]
-    (roi, smooth, temperature), t, s = max(ok or cands, key=lambda c: ((c[2]["item_majority_accuracy"], c[2]["frame_accuracy"])
-                                                         if ok else (c[2]["background_uncertain"] or 0, c[1])))
-    return {"roi": roi, "smooth": smooth, "temperature": temperature, "threshold": t, "scores": s, "met_background_target": bool(ok),
+    'uncertain'; the strictest threshold if none does. The best of per-setting bests is the best overall, so
+    a model's choice is taken from its settings' own."""
+    ok = [c for c in cands if (c["scores"]["background_uncertain"] or 0) >= MIN_BACKGROUND_UNCERTAIN]
+    best = max(ok or cands, key=lambda c: ((c["scores"]["item_majority_accuracy"], c["scores"]["frame_accuracy"])
+                                           if ok else (c["scores"]["background_uncertain"] or 0, c["threshold"])))
+    keep = ("roi", "smooth", "temperature", "threshold", "scores")
+    return {**{k: best[k] for k in keep}, "met_background_target": bool(ok),
             "min_background_uncertain": MIN_BACKGROUND_UNCERTAIN}
+
+
+def calibrate(frames_by_setting: dict, labels: dict) -> dict:
+    """Over runs keyed by (roi, smooth, temperature): the best operating point at any of CALIBRATION_THRESHOLDS."""
+    return best_operating_point([{"roi": roi, "smooth": smooth, "temperature": temperature, "threshold": t,
+                                  "scores": score(frames, labels, t)}
+                                 for (roi, smooth, temperature), frames in frames_by_setting.items()
+                                 for t in CALIBRATION_THRESHOLDS])
 
 
 def write_md(results: dict, path: Path) -> None:
@@ -256,15 +264,15 @@ def main() -> None:
             print(f"{name} demo: live accuracy {d['accuracy']}, {d['uncertain_frames']} of {d['frames']} frames "
                   f"uncertain, {d['fps']} FPS", flush=True)
     if args.calibrate:
+        own = {}
         for r in runs:
             # Each setting at its own operating point, so settings compare at equal empty-frame rejection
             # (the run's --threshold suits one temperature only).
-            own = calibrate({(r["roi"], r["smooth"], r["temperature"]): frames_of[(r["name"], r["roi"], r["smooth"],
-                                                                                 r["temperature"])]}, labels)
-            r["at_target"] = {"threshold": own["threshold"], "scores": own["scores"],
-                              "met_background_target": own["met_background_target"]}
-        results["calibration"] = {name: calibrate({key[1:]: f for key, f in frames_of.items() if key[0] == name},
-                                                  labels) for name in names}
+            key = (r["roi"], r["smooth"], r["temperature"])
+            own[(r["name"], *key)] = calibrate({key: frames_of[(r["name"], *key)]}, labels)
+            r["at_target"] = {k: own[(r["name"], *key)][k] for k in ("threshold", "scores", "met_background_target")}
+        results["calibration"] = {name: best_operating_point([c for k, c in own.items() if k[0] == name])
+                                  for name in names}
         for name, c in results["calibration"].items():
             print(f"{name}: calibrated camera defaults roi {c['roi']}, smooth {c['smooth']}, temperature "
                   f"{c['temperature']}, threshold {c['threshold']} "
