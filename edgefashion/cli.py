@@ -198,6 +198,25 @@ def train(model, data, data_dir, epochs, batch_size, lr, optimizer, momentum, we
     fit(cfg, out, resume=resume, progress=not quiet)
 
 
+@cli.command("ensemble")
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", "-o", type=click.Path(file_okay=False), required=True,
+              help="Folder for the ensemble's best.pt and results.json (`edgefashion export` takes it).")
+@click.option("--data-dir", default=None, help="Data root [default: $EDGEFASHION_DATA, else ~/.cache/edgefashion].")
+@_fails_with_message(_training_errors)  # EnsembleError is a ValueError
+def ensemble_cmd(checkpoints, out, data_dir):
+    """Join trained checkpoints of one task (same labels, preprocessing, data and splits) into one model: the
+    mean of their logits, scored on validation and test, exported like any run (one ONNX file, one INT8 file).
+
+    \b
+    edgefashion ensemble runs/a/best.pt runs/b/best.pt runs/c --out runs/ens
+    edgefashion export runs/ens --out export/ens
+    """
+    _need_torch()
+    from .training.ensemble import write
+    write(checkpoints, out, data_dir=data_dir, log=lambda m: click.echo(m, err=True))
+
+
 def _relaunch_with_torchrun(nproc: int) -> None:
     """`--nproc N`: the same command under PyTorch's own launcher, on this machine only. Clusters call torchrun
     (or their scheduler's wrapper of it) directly."""
@@ -320,7 +339,9 @@ def _camera_default_options(f):
         f = click.option(f"--camera-{name}", type=kind, default=None,
                          help=f"The camera's default {what} written into the files, chosen on a camera-like "
                               f"validation video (benchmarks/camera/run.py --calibrate) [default: the source's].")(f)
-    return f
+    return click.option("--camera-background-logit", default=None, metavar="B|none",
+                        help="The camera's default 'nothing there' logit (camera --background-logit; none: the "
+                             "top-probability rule) written into the files [default: the source's].")(f)
 
 
 @cli.command("export")
@@ -361,7 +382,8 @@ def _camera_default_options(f):
 @_fails_with_message(_export_errors, interrupt=True)
 def export_cmd(src, out, quantize, opset, calib_size, max_drop, allow_drop, data_dir, parity_images,
                calib_methods, latency_runs, check_arm, arm_subset, target, cpu_check, cpu_check_subset,
-               allow_disagreement, camera_roi, camera_smooth, camera_threshold, camera_temperature):
+               allow_disagreement, camera_roi, camera_smooth, camera_threshold, camera_temperature,
+               camera_background_logit):
     """Export a trained run to ONNX (model.onnx) and INT8 (model.int8.onnx), verified, with report.json and
     report.md. SRC may also be an exported model.onnx (or its folder): it is quantized again, e.g. for
     another --target, and the folder is replaced only when every check passes.
@@ -381,7 +403,7 @@ def export_cmd(src, out, quantize, opset, calib_size, max_drop, allow_drop, data
                           check_arm=check_arm, arm_subset=arm_subset, target=target, cpu_check=cpu_check,
                           cpu_check_subset=cpu_check_subset, allow_disagreement=allow_disagreement,
                           camera_roi=camera_roi, camera_smooth=camera_smooth, camera_threshold=camera_threshold,
-                          camera_temperature=camera_temperature)
+                          camera_temperature=camera_temperature, camera_background_logit=camera_background_logit)
     f, i = r.fp32, r.int8
     click.echo(f"\n{'':<8}{'size':>12}{'test acc':>10}{'val acc':>10}{'b1 t1 ms':>10}")
     for name, d in (("fp32", f), ("int8", i)):
@@ -421,8 +443,10 @@ def inspect_cmd(model_path, as_json):
     click.echo(f"labels: {', '.join(m.labels)}")
     click.echo(f"preprocessing: domain {m.domain}, resize {m.resize} ({m.interpolation}), colour {m.color}, "
                f"mean {list(m.mean)}, std {list(m.std)}")
-    click.echo(f"camera: roi {m.roi}, smoothing {m.smooth:g}, temperature {m.temperature:g}, 'uncertain' below "
-               f"{m.threshold:g} (the camera's defaults)")
+    rule = ("the top probability" if m.background_logit is None
+            else f"P(garment) against background logit {m.background_logit:g}")
+    click.echo(f"camera: roi {m.roi}, smoothing {m.smooth:g}, temperature {m.temperature:g}, 'uncertain' when "
+               f"{rule} is below {m.threshold:g} (the camera's defaults)")
     if m.split:
         from .data.splits import SplitSpec
         click.echo(f"split: {SplitSpec.from_meta(m)} (how training carved the splits a data set does not ship; "
@@ -593,6 +617,10 @@ def eval_cmd(model, data, split, data_dir, as_json, plot, limit, batch_size, thr
 @click.option("--temperature", type=float, default=None,
               help="Softmax temperature: probabilities are softmax(logits / T), before smoothing and the "
                    "threshold [default: the model's own, calibrated at export, else 1].")
+@click.option("--background-logit", default="model", show_default=True, metavar="B|none|model",
+              help="A 'nothing there' logit: probabilities become softmax([logits / T, B]) and a frame says "
+                   "'uncertain' when the garment classes together are below --threshold (the energy score); "
+                   "none: when the top class is. model: the file's own, calibrated at export.")
 @click.option("--retries", type=int, default=None,
               help="Reconnect attempts when a live source drops [default: $EDGEFASHION_CAMERA_RETRIES, else 5].")
 @click.option("--retry-delay", type=float, default=None,
@@ -612,7 +640,7 @@ def eval_cmd(model, data, split, data_dir, as_json, plot, limit, batch_size, thr
                    "(the environment variable keeps it out of the process list).")
 @_fails_with_message(_runtime_errors)
 def camera_cmd(model, source, threads, spin, headless, as_json, max_frames, record, realtime, top_k, smooth,
-               threshold, temperature, retries, retry_delay, data_dir, roi, serve, serve_fps, serve_quality, serve_max_clients,
+               threshold, temperature, background_logit, retries, retry_delay, data_dir, roi, serve, serve_fps, serve_quality, serve_max_clients,
                serve_token):
     """Classify frames live with an overlay of the top-3 labels, probabilities, FPS and latency.
 
@@ -632,10 +660,21 @@ def camera_cmd(model, source, threads, spin, headless, as_json, max_frames, reco
     opt = CameraOptions(model=resolve_model(model, "photo"), source=source, threads=threads, spin=spin,
                         headless=headless, json=as_json, max_frames=max_frames,
                         record=Path(record) if record else None, realtime=realtime, top_k=top_k,
-                        smooth=smooth, threshold=threshold, temperature=temperature, retries=retries, retry_delay=retry_delay,
+                        smooth=smooth, threshold=threshold, temperature=temperature,
+                        background_logit=_background_logit(background_logit), retries=retries, retry_delay=retry_delay,
                         data_dir=data_dir, roi=None if roi == "model" else roi, serve=serve, serve_fps=serve_fps,
                         serve_quality=serve_quality, serve_max_clients=serve_max_clients, serve_token=serve_token)
     run_camera(opt)
+
+
+def _background_logit(spec: str):
+    """--background-logit: 'model', 'none' or a number."""
+    if spec in ("model", "none"):
+        return None if spec == "none" else spec
+    try:
+        return float(spec)
+    except ValueError:
+        raise click.BadParameter(f"a number, none or model, got {spec!r}", param_hint="--background-logit") from None
 
 
 @cli.command("bench")

@@ -81,16 +81,17 @@ def test_bundled_model_answers_the_same_on_an_emulated_haswell(shared_data):
 
 
 def test_bundled_photo_model_runs_the_camera_with_its_calibrated_defaults_as_recorded(tmp_path):
-    """The camera defaults (roi, smoothing, threshold, temperature) written into the bundled photo file are the ones the
+    """The camera defaults (roi, smoothing, threshold, temperature, background logit) written into the bundled photo file are the ones the
     camera benchmark recorded for it, and its demo (no data folder, no --model) reproduces the live accuracy
     recorded there, frame for frame the same on every CPU family."""
     bench = json.loads((REPO / "benchmarks" / "camera" / "results" / "bundled-camera.json").read_text())
     demo = next(d for d in bench["demo"].values() if d["model"] == f"export/{DEFAULTS['photo']}")
     meta = Classifier(REPO / "export" / DEFAULTS["photo"], threads=1).meta
-    recorded = (demo["roi"], demo["smooth"], demo["threshold"], demo.get("temperature", 1.0))
-    assert (meta.roi, meta.smooth, meta.threshold, meta.temperature) == recorded
+    recorded = (demo["roi"], demo["smooth"], demo["threshold"], demo.get("temperature", 1.0),
+                demo.get("background_logit"))
+    assert (meta.roi, meta.smooth, meta.threshold, meta.temperature, meta.background_logit) == recorded
     p = run_cli("camera", "--source", "demo", "--headless", "--json", "--threads", "1", "--max-frames",
                 str(demo["frames"]), env={"EDGEFASHION_DATA": str(tmp_path / "none"), "HOME": str(tmp_path)})
     s = json.loads(p.stdout.strip().splitlines()[-1])["summary"]
-    assert (s["roi"], s["smooth"], s["threshold"], s["temperature"]) == recorded
+    assert (s["roi"], s["smooth"], s["threshold"], s["temperature"], s["background_logit"]) == recorded
     assert s["accuracy"] == demo["accuracy"] and s["uncertain_frames"] == demo["uncertain_frames"]

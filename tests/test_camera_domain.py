@@ -171,16 +171,26 @@ def test_benchmark_video_is_labelled_and_scored(tmp_path):
     assert s["frame_accuracy"] == 0 and s["garment_uncertain"] == 1 and s["frame_top1"] == 1
     # Calibration: the loosest threshold that still calls the background 'uncertain' wins (best items, then frames).
     frames = [{"top": [{"label": t or "hat", "prob": 0.6 if t else 0.3}]} for t in truth]
-    c = run.calibrate({("full", 1.0, 1.0): frames}, labels)
+    c = run.calibrate({("full", 1.0, 1.0, None): frames}, labels)
     assert c["met_background_target"] and 0.3 < c["threshold"] <= 0.6 and c["scores"]["frame_accuracy"] == 1.0
+    # With a background logit the camera's "garment" is what the threshold reads, and P(garment) near 1 (a
+    # logit of 0) still finds its threshold: candidates follow the background frames' own values. Folding
+    # turns (b, t) into (b + logit(t), 0.5) for unsmoothed points only.
+    frames = [{"top": [{"label": t or "hat", "prob": 0.2}], "garment": 0.97 if t else 0.93} for t in truth]
+    c = run.calibrate({("full", 1.0, 4.0, 0.0): frames}, labels)
+    assert c["met_background_target"] and 0.93 < c["threshold"] <= 0.97 and c["scores"]["frame_accuracy"] == 1.0
+    f = run.fold(c)
+    assert f["threshold"] == 0.5 and f["background_logit"] == pytest.approx(np.log(c["threshold"] / (1 - c["threshold"])), abs=1e-4)
+    assert run.fold({**c, "smooth": 0.7}) == {**c, "smooth": 0.7}
     # The whole script on this video with the bundled model: every setting also scored at its own threshold.
     res = tmp_path / "res"
     subprocess.run([sys.executable, str(REPO / "benchmarks" / "camera" / "run.py"), "--video", str(out),
-                    "--roi", "full", "--temperature", "1,4", "--calibrate", "--out", str(res)], check=True,
-                   capture_output=True)
+                    "--roi", "full", "--temperature", "1,4", "--background-logit", "none,0", "--calibrate",
+                    "--out", str(res)], check=True, capture_output=True)
     got = json.loads(res.with_suffix(".json").read_text())
-    assert [r["temperature"] for r in got["runs"]] == [1.0, 4.0]
-    assert all(0.1 <= r["at_target"]["threshold"] <= 0.9 for r in got["runs"])
+    assert [(r["temperature"], r["background_logit"]) for r in got["runs"]] == [(1.0, None), (1.0, 0.0), (4.0, None),
+                                                                               (4.0, 0.0)]
+    assert all(0 < r["at_target"]["threshold"] < 1 for r in got["runs"])
     assert "Each setting at its own threshold" in res.with_suffix(".md").read_text()
 
 

@@ -378,11 +378,11 @@ def test_cli_export_end_to_end(tiny_run, tmp_path):
     bad = run_cli(*args, "--camera-threshold", "2", cwd=tmp_path, check=False)
     assert bad.returncode == 1 and "threshold" in bad.stderr and not out.exists()
     p = run_cli(*args, "--camera-roi", "center:0.6", "--camera-smooth", "0.8", "--camera-threshold", "0.3",
-                "--camera-temperature", "2.5", cwd=tmp_path)
+                "--camera-temperature", "2.5", "--camera-background-logit", "1.75", cwd=tmp_path)
     assert "parity" in p.stdout and "int8" in p.stdout
     for f in ("model.onnx", "model.int8.onnx"):  # the camera's defaults, in both files
         m = Classifier(out / f).meta
-        assert (m.roi, m.smooth, m.threshold, m.temperature) == ("center:0.6", 0.8, 0.3, 2.5)
+        assert (m.roi, m.smooth, m.threshold, m.temperature, m.background_logit) == ("center:0.6", 0.8, 0.3, 2.5, 1.75)
     assert sorted(x.name for x in out.iterdir()) == ["model.int8.onnx", "model.onnx", "report.json", "report.md"]
     r = json.loads((out / "report.json").read_text())
     assert r["int8"]["calib_size"] == 64 and r["quantize"] == "int8"

@@ -20,7 +20,7 @@ LABELS = ["dress", "hat", "longsleeve", "outwear", "pants", "shirt", "shoes", "s
 
 
 def tiny_photo_model(path: Path, roi=None, drop_roi_key=False, threshold=None, smooth=None,
-                     temperature=None) -> Path:
+                     temperature=None, background_logit=None) -> Path:
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
     rng = np.random.default_rng(0)
@@ -43,6 +43,8 @@ def tiny_photo_model(path: Path, roi=None, drop_roi_key=False, threshold=None, s
         meta = meta.replace(smooth=smooth)
     if temperature is not None:
         meta = meta.replace(temperature=temperature)
+    if background_logit is not None:
+        meta = meta.replace(background_logit=background_logit)
     props = meta.to_onnx_props()
     if drop_roi_key:  # a file exported before ModelMeta had `roi`
         d = json.loads(props["edgefashion"])
@@ -149,7 +151,7 @@ def test_camera_threshold_and_smoothing_defaults_from_metadata_and_options(tmp_p
     assert (s1["threshold"], s1["uncertain_frames"]) == (1.0, 6)
     s = _summary(run_cli(*base, "--model", unsure, "--threshold", "0").stdout)
     assert (s["threshold"], s["uncertain_frames"]) == (0.0, 0)
-    assert "'uncertain' below 1" in run_cli("inspect", unsure).stdout
+    assert "the top probability is below 1 " in run_cli("inspect", unsure).stdout
     with pytest.raises(MetaError, match="threshold"):
         photo_meta("x", LABELS, 32).replace(threshold=1.5)
     # The smoothing likewise: the file's own, else 0.5; --smooth overrides it.
@@ -186,6 +188,74 @@ def test_camera_temperature_from_metadata_and_options(tmp_path, frame):
     assert bad.returncode != 0 and "--temperature" in bad.stderr
     with pytest.raises(MetaError, match="temperature"):
         photo_meta("x", LABELS, 32).replace(temperature=-1)
+
+
+def test_smoother_background_logit_is_the_energy_rule():
+    """With a background logit b: P(garment) = sigmoid(logsumexp(logits / T) - b), the shown probabilities are
+    the garment classes' given a garment (they sum to 1 and keep softmax(logits / T)'s order and ratios), and
+    'uncertain' follows P(garment), not the top class; the EMA runs over all K + 1 entries."""
+    from edgefashion.runtime.camera import Smoother, decide
+    logits = np.array([2.0, 1.5, 1.4, -1.0], np.float32)
+    for T, b in ((1.0, 0.0), (4.0, 2.3)):
+        s = Smoother(4, 1.0, T, b)
+        s.update(logits)
+        lse = np.log(np.exp(logits / T).sum())
+        assert s.garment == pytest.approx(1 / (1 + np.exp(-(lse - b))), rel=1e-5)
+        ref = np.exp(logits / T) / np.exp(logits / T).sum()
+        np.testing.assert_allclose(s.ema, ref, rtol=1e-5)
+        assert int(np.argmax(s.probs)) == 0
+    # A flat frame (a wall): the top class is unsure at T=1, yet P(garment) may be high; the rule decides.
+    s = Smoother(4, 1.0, 1.0, -5.0)
+    s.update(np.zeros(4, np.float32))
+    assert s.ema.max() == pytest.approx(0.25) and s.garment > 0.99
+    assert decide(s.ema, 3, 0.5, s.garment).unsure is False and decide(s.ema, 3, 0.5).unsure is True
+    # Smoothing averages 'nothing there' too: after a garment frame, an empty one halves P(garment) at alpha 0.5.
+    s = Smoother(2, 0.5, 1.0, 0.0)
+    s.update(np.array([20.0, 0.0], np.float32))
+    s.update(np.array([-20.0, -20.0], np.float32))
+    assert s.garment == pytest.approx(0.5, abs=1e-4) and s.ema.sum() == pytest.approx(1.0)
+    # Without one, nothing changes: ema is the softmax, garment None.
+    s = Smoother(4, 1.0, 1.0)
+    s.update(logits)
+    assert s.garment is None and s.ema.sum() == pytest.approx(1.0)
+
+
+def test_camera_background_logit_from_metadata_and_options(tmp_path, frame):
+    """The file's own background logit unless --background-logit overrides it (none: the top-probability rule);
+    JSON lines carry "garment"; a threshold t at b = 0 makes the same decisions as b = logit(t) at 0.5 (the
+    folding benchmarks/camera/run.py --calibrate does); metadata format 2 only where the field is set."""
+    video = tmp_path / "varied.mp4"
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 30, (640, 480))
+    for k in range(8):  # frames that differ, so that some are sure and some not
+        w.write(np.roll(frame, 40 * k, axis=1) // (1 + k % 3))
+    w.release()
+    plain = tiny_photo_model(tmp_path / "plain.onnx", smooth=1.0)
+    energy = tiny_photo_model(tmp_path / "energy.onnx", smooth=1.0, background_logit=0.0)
+    assert Classifier(plain).meta.background_logit is None
+    base = ("camera", "--source", video, "--headless", "--json", "--threads", "1")
+
+    def lines(stdout):
+        return [json.loads(x) for x in stdout.splitlines() if x.startswith('{"frame"')]
+    out = run_cli(*base, "--model", energy, "--threshold", "0").stdout
+    g = [f["garment"] for f in lines(out)]
+    assert _summary(out)["background_logit"] == 0.0 and all(0 < x < 1 for x in g)
+    assert "garment" not in lines(run_cli(*base, "--model", plain, "--threshold", "0").stdout)[0]
+    none = run_cli(*base, "--model", energy, "--background-logit", "none", "--threshold", "0").stdout
+    assert _summary(none)["background_logit"] is None and "garment" not in lines(none)[0]
+    gs = sorted(g)
+    t = (gs[3] + gs[4]) / 2  # half the frames either side
+    a = lines(run_cli(*base, "--model", energy, "--threshold", str(t)).stdout)
+    b = lines(run_cli(*base, "--model", plain, "--background-logit", str(np.log(t / (1 - t))),
+                      "--threshold", "0.5").stdout)
+    assert [f["uncertain"] for f in a] == [f["uncertain"] for f in b]
+    assert 0 < sum(f["uncertain"] for f in a) < len(a)
+    assert "background logit 0 is below" in run_cli("inspect", energy).stdout
+    bad = run_cli(*base, "--model", energy, "--background-logit", "lots", check=False)
+    assert bad.returncode != 0 and "--background-logit" in bad.stderr
+    assert photo_meta("x", LABELS, 32).to_dict()["format_version"] == 1
+    assert photo_meta("x", LABELS, 32).replace(background_logit=1.0).to_dict()["format_version"] == 2
+    with pytest.raises(MetaError, match="background_logit"):
+        photo_meta("x", LABELS, 32).replace(background_logit=float("nan"))
 
 
 def test_predict_and_eval_accept_roi(tmp_path, frame):

@@ -1,6 +1,7 @@
 """Turn an exported FP32 ONNX file of a zoo ResNet (BatchNorm folded into its convolutions) back into a PyTorch
-state dict that `edgefashion train --init-weights` takes, so a camera-domain run can fine-tune the bundled model
-instead of training 150 epochs from scratch.
+checkpoint that `edgefashion train --init-weights` takes, so a camera-domain run can fine-tune the bundled model
+instead of training 150 epochs from scratch. The checkpoint is self-describing (model, arguments, the file's
+metadata and split, its data set), so `edgefashion ensemble` can take the bundled model as a member too.
 
 Folding left each convolution with a weight and a bias (W' = W * g / s, b' = beta + (b - mu) * g / s); the torch
 model has bias-free convolutions followed by BatchNorm. We load W' into the convolution and choose each
@@ -25,9 +26,12 @@ from onnx import numpy_helper
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from edgefashion import __version__  # noqa: E402
+from edgefashion.data.splits import SplitSpec  # noqa: E402
 from edgefashion.meta import ModelMeta  # noqa: E402
 from edgefashion.runtime.classifier import Classifier  # noqa: E402
 from edgefashion.training.datasets import batch_to_input, load_data  # noqa: E402
+from edgefashion.training.train import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, save_checkpoint  # noqa: E402
 from edgefashion.training.zoo import create_model  # noqa: E402
 
 
@@ -58,7 +62,8 @@ def main() -> None:
     props = {p.key: p.value for p in model_onnx.metadata_props}
     meta = ModelMeta.from_onnx_props(props, source=args.onnx_file)
     inits = {i.name: numpy_helper.to_array(i) for i in model_onnx.graph.initializer}
-    model = create_model(meta.model, num_classes=meta.num_classes, in_chans=meta.in_chans, img_size=meta.input_size)
+    model_args = {"num_classes": meta.num_classes, "in_chans": meta.in_chans, "img_size": meta.input_size}
+    model = create_model(meta.model, **model_args)
     mods = dict(model.named_modules())
     sd = model.state_dict()
     biases = {}
@@ -83,7 +88,7 @@ def main() -> None:
     model.load_state_dict(sd)
     model.eval()
     data = load_data(meta.dataset or "clothing-small", args.data_dir, model=meta.model, img_size=meta.input_size,
-                     in_chans=meta.in_chans, limit=None, quiet=True)
+                     in_chans=meta.in_chans, limit=None, quiet=True, split=SplitSpec.from_meta(meta))
     tr, val = data.splits["train"], data.splits["val"]
     g = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(tr), generator=g)[:args.calib]
@@ -116,8 +121,15 @@ def main() -> None:
     print(f"max |logit difference| {err:.2e}, top-1 agreement {agree:.4f}, val accuracy {acc:.4f}")
     if agree < 0.99:
         sys.exit("the rebuilt model does not match the ONNX file")
+    spec = SplitSpec.from_meta(meta)
+    ckpt = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "edgefashion": __version__,
+            "model": meta.model, "model_args": model_args, "meta": meta.to_dict(),
+            "config": {"model": meta.model, "data": meta.dataset or "clothing-small", "data_dir": None,
+                       "img_size": meta.input_size, "in_chans": meta.in_chans, "limit": None, **spec.to_dict()},
+            "epoch": meta.extra.get("epoch"), "state_dict": model.state_dict(),
+            "rebuilt_from": Path(args.onnx_file).name}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), args.out)
+    save_checkpoint(Path(args.out), ckpt)
     print(f"wrote {args.out}")
 
 

@@ -1,8 +1,9 @@
 """Run the camera benchmark: `edgefashion camera --headless --json --threads 1` on the labelled video that
 make_videos.py made, for each model and region of interest, and score what the camera showed.
 
-Scores (a frame "shows" its top label when the smoothed top probability reaches the threshold, else
-'uncertain', exactly as the camera decides):
+Scores (a frame "shows" its top label when its confidence reaches the threshold, else 'uncertain', exactly
+as the camera decides; the confidence is the smoothed top probability, or with a background logit the
+probability that a garment is there, the camera's JSON "garment"):
 - frame_accuracy: garment frames showing the right label;
 - item_majority_accuracy: items whose most shown label over their frames ('uncertain' included) is right;
 - frame_top1: garment frames whose top label is right, uncertain or not;
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -30,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_MODEL = REPO / "export" / "resnet10-clothing-small" / "model.int8.onnx"
 DEFAULT_ROIS = "full,center:0.9,center:0.8,center:0.7,center:0.6,center:0.5"
 SWEEP = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-MODEL = "model"  # --roi/--threshold/--smooth/--temperature value: the model's own camera default (its metadata)
+MODEL = "model"  # --roi/--threshold/--smooth/--temperature/--background-logit value: the model's own (its metadata)
 # --calibrate: the camera's defaults for a model, chosen on the calibration video (validation photos over the
 # CALIBRATION scenes, which neither training nor the benchmark uses): the (roi, smoothing, temperature, threshold)
 # with the best
@@ -41,11 +43,12 @@ MIN_BACKGROUND_UNCERTAIN = 0.9
 
 
 def run_camera(model: Path, video: Path, roi: str, threshold: str, smooth: str = MODEL, extra=(),
-               temperature: str = MODEL) -> tuple:
-    """The camera's per-frame JSON and summary; `model` for roi, threshold, smooth or temperature leaves the
-    model's own."""
+               temperature: str = MODEL, background: str = MODEL) -> tuple:
+    """The camera's per-frame JSON and summary; `model` for roi, threshold, smooth, temperature or background
+    logit leaves the model's own."""
     own = [[flag, v] for flag, v in (("--threshold", threshold), ("--smooth", smooth),
-                                     ("--temperature", temperature)) if v != MODEL]
+                                     ("--temperature", temperature), ("--background-logit", background))
+           if v != MODEL]
     cmd = [sys.executable, "-m", "edgefashion", "camera", "--model", str(model), "--source", str(video),
            "--headless", "--json", "--threads", "1", "--roi", roi, *[x for pair in own for x in pair], *extra]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -60,7 +63,7 @@ def score(frames: list, labels: dict, threshold: float) -> dict:
     truth, item = labels["truth"], labels["item"]
     if len(frames) != len(truth):
         raise SystemExit(f"the camera classified {len(frames)} frames, the labels have {len(truth)}")
-    shown = [f["top"][0]["label"] if f["top"][0]["prob"] >= threshold else "uncertain" for f in frames]
+    shown = [f["top"][0]["label"] if confidence(f) >= threshold else "uncertain" for f in frames]
     top1 = [f["top"][0]["label"] for f in frames]
     g = [i for i, t in enumerate(truth) if t is not None]
     b = [i for i, t in enumerate(truth) if t is None]
@@ -79,6 +82,30 @@ def score(frames: list, labels: dict, threshold: float) -> dict:
     }
 
 
+def confidence(frame: dict) -> float:
+    """What the camera compares with its threshold: P(garment) with a background logit, else the top probability."""
+    return frame["garment"] if "garment" in frame else frame["top"][0]["prob"]
+
+
+def candidate_thresholds(frames: list, labels: dict) -> list:
+    """CALIBRATION_THRESHOLDS, and where the background-only frames' own confidences lie (their 80th to 100th
+    percentiles): P(garment) against a background logit of 0 crowds near 1, where a fixed grid is too coarse."""
+    bg = sorted(confidence(f) for f, t in zip(frames, labels["truth"]) if t is None)
+    near = {round(bg[min(len(bg) - 1, int(q / 400 * len(bg)))] + 1e-6, 6) for q in range(320, 401)} if bg else set()
+    return sorted(set(CALIBRATION_THRESHOLDS) | near)
+
+
+def fold(point: dict) -> dict:
+    """An operating point with a background logit b and threshold t, unsmoothed: P(garment) >= t is
+    logsumexp(logits / T) >= b + logit(t), so the same decisions read b' = b + logit(t) at threshold 0.5 ('uncertain'
+    when 'nothing there' is the likelier). Smoothed points stay as found (the EMA is not that simple)."""
+    b, t = point.get("background_logit"), point["threshold"]
+    if b is None or point["smooth"] != 1.0 or not 0 < t < 1:
+        return point
+    return {**point, "background_logit": round(b + math.log(t / (1 - t)), 4), "threshold": 0.5, "found_at":
+            {"background_logit": b, "threshold": t}}
+
+
 def _repo_relative(path: Path) -> str:
     p = Path(path).resolve()
     return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(path)
@@ -92,17 +119,23 @@ def best_operating_point(cands: list) -> dict:
     ok = [c for c in cands if (c["scores"]["background_uncertain"] or 0) >= MIN_BACKGROUND_UNCERTAIN]
     best = max(ok or cands, key=lambda c: ((c["scores"]["item_majority_accuracy"], c["scores"]["frame_accuracy"])
                                            if ok else (c["scores"]["background_uncertain"] or 0, c["threshold"])))
-    keep = ("roi", "smooth", "temperature", "threshold", "scores")
+    keep = ("roi", "smooth", "temperature", "background_logit", "threshold", "scores")
     return {**{k: best[k] for k in keep}, "met_background_target": bool(ok),
             "min_background_uncertain": MIN_BACKGROUND_UNCERTAIN}
 
 
 def calibrate(frames_by_setting: dict, labels: dict) -> dict:
-    """Over runs keyed by (roi, smooth, temperature): the best operating point at any of CALIBRATION_THRESHOLDS."""
-    return best_operating_point([{"roi": roi, "smooth": smooth, "temperature": temperature, "threshold": t,
-                                  "scores": score(frames, labels, t)}
-                                 for (roi, smooth, temperature), frames in frames_by_setting.items()
-                                 for t in CALIBRATION_THRESHOLDS])
+    """Over runs keyed by (roi, smooth, temperature, background logit): the best operating point at any of
+    their candidate thresholds."""
+    return best_operating_point([{"roi": roi, "smooth": smooth, "temperature": temperature, "background_logit": b,
+                                  "threshold": t, "scores": score(frames, labels, t)}
+                                 for (roi, smooth, temperature, b), frames in frames_by_setting.items()
+                                 for t in candidate_thresholds(frames, labels)])
+
+
+def _b(d: dict) -> str:
+    """The background-logit cell: '-' for the top-probability rule."""
+    return "-" if d.get("background_logit") is None else f"{d['background_logit']:g}"
 
 
 def write_md(results: dict, path: Path) -> None:
@@ -111,51 +144,51 @@ def write_md(results: dict, path: Path) -> None:
              f"frames, {results['runs'][0]['scores']['background_frames']} background-only frames), 640x480; "
              f"`edgefashion camera --headless --json --threads 1` with each row's roi, smoothing, temperature and threshold "
              f"('model': the file's own camera defaults). Made by `{results['command']}` on {results['machine']}.", "",
-             "| model | roi | smooth | T | threshold | frames right | item majority right | top-1 (any confidence) | garment uncertain "
+             "| model | roi | smooth | T | B | threshold | frames right | item majority right | top-1 (any confidence) | garment uncertain "
              "| background uncertain | FPS |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results["runs"]:
         s = r["scores"]
-        lines.append(f"| {r['name']} | {r['roi']} | {r['smooth']} | {r.get('temperature', 1.0)} | {s['threshold']} | {s['frame_accuracy']:.1%} | {s['item_majority_accuracy']:.1%} | "
+        lines.append(f"| {r['name']} | {r['roi']} | {r['smooth']} | {r.get('temperature', 1.0)} | {_b(r)} | {s['threshold']} | {s['frame_accuracy']:.1%} | {s['item_majority_accuracy']:.1%} | "
                      f"{s['frame_top1']:.1%} | {s['garment_uncertain']:.1%} | {s['background_uncertain']:.1%} | "
                      f"{r['fps']} |")
     if results.get("demo"):
         lines += ["", "The demo (`edgefashion camera --source demo`: the package's 50 test photos over held-out scenes), "
                       "each model with its own camera defaults:", "",
-                  "| model | frames | live accuracy ('uncertain' is not right) | top guess right | uncertain frames | roi | smooth | T | threshold | FPS |",
-                  "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
+                  "| model | frames | live accuracy ('uncertain' is not right) | top guess right | uncertain frames | roi | smooth | T | B | threshold | FPS |",
+                  "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
         for name, d in results["demo"].items():
             lines.append(f"| {name} | {d['frames']} | {d['accuracy']:.1%} | {d['accuracy_top1']:.1%} | {d['uncertain_frames']} | {d['roi']} | "
-                         f"{d['smooth']} | {d.get('temperature') or 1.0} | {d['threshold']} | {d['fps']} |")
+                         f"{d['smooth']} | {d.get('temperature') or 1.0} | {_b(d)} | {d['threshold']} | {d['fps']} |")
     if results.get("calibration"):
         lines += ["", f"Calibrated camera defaults (best item-majority accuracy with at least "
                       f"{MIN_BACKGROUND_UNCERTAIN:.0%} of background frames uncertain):", "",
-                  "| model | roi | smooth | T | threshold | frames right | item majority right | background uncertain |",
-                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "| model | roi | smooth | T | B | threshold | frames right | item majority right | background uncertain |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for name, c in results["calibration"].items():
             sc = c["scores"]
-            lines.append(f"| {name} | {c['roi']} | {c['smooth']} | {c['temperature']} | {c['threshold']} | {sc['frame_accuracy']:.1%} | "
+            lines.append(f"| {name} | {c['roi']} | {c['smooth']} | {c['temperature']} | {_b(c)} | {c['threshold']} | {sc['frame_accuracy']:.1%} | "
                          f"{sc['item_majority_accuracy']:.1%} | {sc['background_uncertain']:.1%} |")
     if any("at_target" in r for r in results["runs"]):
         lines += ["", f"Each setting at its own threshold (the best item majority keeping at least "
                       f"{MIN_BACKGROUND_UNCERTAIN:.0%} of background frames uncertain; * where no threshold does):", "",
-                  "| model | roi | smooth | T | threshold | frames right | item majority right | background uncertain |",
-                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "| model | roi | smooth | T | B | threshold | frames right | item majority right | background uncertain |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in results["runs"]:
             a = r.get("at_target")
             if a:
                 sc = a["scores"]
-                lines.append(f"| {r['name']} | {r['roi']} | {r['smooth']} | {r.get('temperature', 1.0)} | "
+                lines.append(f"| {r['name']} | {r['roi']} | {r['smooth']} | {r.get('temperature', 1.0)} | {_b(r)} | "
                              f"{a['threshold']}{'' if a['met_background_target'] else '*'} | {sc['frame_accuracy']:.1%} | "
                              f"{sc['item_majority_accuracy']:.1%} | {sc['background_uncertain']:.1%} |")
     lines += ["", "Other thresholds, scored from the same runs (frames right / item majority / background "
                   "uncertain):", "",
-              "| model | roi | smooth | T | " + " | ".join(f"t={t}" for t in SWEEP) + " |",
-              "| --- | --- | ---: | ---: | " + " | ".join("---" for _ in SWEEP) + " |"]
+              "| model | roi | smooth | T | B | " + " | ".join(f"t={t}" for t in SWEEP) + " |",
+              "| --- | --- | ---: | ---: | ---: | " + " | ".join("---" for _ in SWEEP) + " |"]
     for r in results["runs"]:
         cells = [f"{s['frame_accuracy']:.0%} / {s['item_majority_accuracy']:.0%} / {s['background_uncertain']:.0%}"
                  for s in r["sweep"]]
-        lines.append(f"| {r['name']} | {r['roi']} | {r['smooth']} | {r.get('temperature', 1.0)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['name']} | {r['roi']} | {r['smooth']} | {r.get('temperature', 1.0)} | {_b(r)} | " + " | ".join(cells) + " |")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -210,10 +243,13 @@ def main() -> None:
     ap.add_argument("--smooth", default="0.5", help="Comma-separated EMA weights (1 = none), or model.")
     ap.add_argument("--temperature", default=MODEL,
                     help="Comma-separated softmax temperatures, or model [default: model].")
+    ap.add_argument("--background-logit", default=MODEL,
+                    help="Comma-separated 'nothing there' logits (camera --background-logit), none, or model "
+                         "[default: model]. Calibrate with 0: the chosen threshold is folded into the logit.")
     ap.add_argument("--out", default=str(HERE / "results"), help="Writes OUT.json, OUT.md and OUT.png.")
     ap.add_argument("--calibrate", action="store_true",
                     help="Also choose each model's camera defaults (roi, smooth, temperature, threshold) from these runs: the best "
-                         f"item-majority accuracy with >= {MIN_BACKGROUND_UNCERTAIN:.0%} of background frames "
+                         f"item-majority accuracy with >= {MIN_BACKGROUND_UNCERTAIN * 100:.0f}%% of background frames "
                          "uncertain. Run it on the calibration video (make_videos.py --split val --backgrounds "
                          "calib), never on the benchmark.")
     ap.add_argument("--demo-frames", type=int, default=0,
@@ -227,21 +263,25 @@ def main() -> None:
     rois = args.roi.split(";") if ";" in args.roi else args.roi.split(",")
     smooths = args.smooth.split(",")
     temperatures = args.temperature.split(",")
+    backgrounds = args.background_logit.split(",")
     runs, frames_of = [], {}
     for model, name in zip(models, names):
-        for roi, smooth, temp in [(r, sm, tp) for r in rois for sm in smooths for tp in temperatures]:
+        for roi, smooth, temp, bgl in [(r, sm, tp, b) for r in rois for sm in smooths for tp in temperatures
+                                       for b in backgrounds]:
             t = time.perf_counter()
-            frames, summary, cmd = run_camera(model, video, roi, args.threshold, smooth, temperature=temp)
+            frames, summary, cmd = run_camera(model, video, roi, args.threshold, smooth, temperature=temp,
+                                              background=bgl)
             # What the camera used (the model's own defaults where asked for them), as it reports them.
             roi, smooth, temp = summary["roi"], summary["smooth"], summary.get("temperature", 1.0)
-            frames_of[(name, roi, smooth, temp)] = frames
+            bgl = summary.get("background_logit")
+            frames_of[(name, roi, smooth, temp, bgl)] = frames
             s = score(frames, labels, summary["threshold"])
             runs.append({"name": name, "model": str(model), "roi": roi, "smooth": smooth, "temperature": temp,
-                         "scores": s,
+                         "background_logit": bgl, "scores": s,
                          "fps": summary["fps"],
                          "latency_ms": summary["latency_ms"], "sweep": [score(frames, labels, th) for th in SWEEP],
                          "command": " ".join(["edgefashion", *cmd[3:]])})
-            print(f"{name} roi={roi} smooth={smooth} T={temp} threshold={summary['threshold']}: frames right {s['frame_accuracy']:.3f}, item majority "
+            print(f"{name} roi={roi} smooth={smooth} T={temp} B={bgl} threshold={summary['threshold']}: frames right {s['frame_accuracy']:.3f}, item majority "
                   f"{s['item_majority_accuracy']:.3f}, top-1 {s['frame_top1']:.3f}, background uncertain "
                   f"{s['background_uncertain']:.3f}, {summary['fps']} FPS ({time.perf_counter() - t:.0f} s)",
                   flush=True)
@@ -259,7 +299,7 @@ def main() -> None:
             results["demo"][name] = {"model": _repo_relative(model), "command": " ".join(["edgefashion", *cmd[3:]]),
                                      **{k: summary.get(k) for k in ("frames", "accuracy", "accuracy_top1", "accuracy_unsmoothed",
                                                                     "uncertain_frames", "fps", "roi", "smooth", "temperature",
-                                                                    "threshold")}}
+                                                                    "background_logit", "threshold")}}
             d = results["demo"][name]
             print(f"{name} demo: live accuracy {d['accuracy']}, {d['uncertain_frames']} of {d['frames']} frames "
                   f"uncertain, {d['fps']} FPS", flush=True)
@@ -268,18 +308,19 @@ def main() -> None:
         for r in runs:
             # Each setting at its own operating point, so settings compare at equal empty-frame rejection
             # (the run's --threshold suits one temperature only).
-            key = (r["roi"], r["smooth"], r["temperature"])
+            key = (r["roi"], r["smooth"], r["temperature"], r["background_logit"])
             own[(r["name"], *key)] = calibrate({key: frames_of[(r["name"], *key)]}, labels)
             r["at_target"] = {k: own[(r["name"], *key)][k] for k in ("threshold", "scores", "met_background_target")}
-        results["calibration"] = {name: best_operating_point([c for k, c in own.items() if k[0] == name])
+        results["calibration"] = {name: fold(best_operating_point([c for k, c in own.items() if k[0] == name]))
                                   for name in names}
         for name, c in results["calibration"].items():
             print(f"{name}: calibrated camera defaults roi {c['roi']}, smooth {c['smooth']}, temperature "
-                  f"{c['temperature']}, threshold {c['threshold']} "
+                  f"{c['temperature']}, background logit {c['background_logit']}, threshold {c['threshold']} "
                   f"(item majority {c['scores']['item_majority_accuracy']:.3f}, frames right "
                   f"{c['scores']['frame_accuracy']:.3f}, background uncertain "
                   f"{c['scores']['background_uncertain']:.3f}): export --camera-roi {c['roi']} --camera-smooth {c['smooth']} "
                   f"--camera-temperature {c['temperature']} "
+                  f"--camera-background-logit {'none' if c['background_logit'] is None else c['background_logit']} "
                   f"--camera-threshold {c['threshold']}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

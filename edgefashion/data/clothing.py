@@ -2,7 +2,6 @@
 train/validation/test folders of one folder per class."""
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
@@ -11,6 +10,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Optional
 
+from ..files import sha256_file
 from ..names import CLOTHING_SMALL
 from .common import DataError, one_line
 # Imported under another name: `download` is this module's on/off parameter.
@@ -18,14 +18,6 @@ from .download import download as fetch_url
 
 CLOTHING_SMALL_URL = "https://github.com/alexeygrigorev/clothing-dataset-small/archive/refs/heads/master.zip"
 CLOTHING_SMALL_DIR = CLOTHING_SMALL
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _safe_extract(archive: Path, dest: Path) -> None:
@@ -78,7 +70,7 @@ def _install(url: str, root: Path, target: Path) -> None:
         # GitHub publishes no checksum for a branch archive (and regenerates it at will), so there is nothing
         # to verify against; the hash is printed so that a run can be compared with another.
         fetch_url(url, archive)
-        print(f"sha256 {_sha256(archive)} {url} (no published checksum to compare with)", file=sys.stderr)
+        print(f"sha256 {sha256_file(archive)} {url} (no published checksum to compare with)", file=sys.stderr)
         _safe_extract(archive, work)
         found = _find_split_root(work)
         if found is None:

@@ -29,6 +29,8 @@ from .classifier import Classifier
 from .preprocess import prepare
 from .sources import RetryPolicy, SourceError, open_source
 
+MODEL_DEFAULT = "model"  # an option left to the model file's own camera default
+
 STAGES = ("capture", "preprocess", "inference", "total")
 RING = 1 << 16  # latency samples kept for percentiles: the last 65,536 frames (1 MB), so memory stays flat
 WINDOW = "edgefashion"
@@ -50,6 +52,8 @@ class CameraOptions:
     smooth: Optional[float] = None  # EMA weight of the newest frame; 1 = no smoothing; None: the model's
     threshold: Optional[float] = None  # below this smoothed top probability "uncertain"; None: the model's
     temperature: Optional[float] = None  # softmax(logits / T); None: the model's
+    # 'nothing there' logit (ModelMeta.background_logit): a number, None (the top-probability rule) or the model's.
+    background_logit: "float | str | None" = MODEL_DEFAULT
     retries: Optional[int] = None
     retry_delay: Optional[float] = None
     data_dir: Optional[str] = None
@@ -78,6 +82,11 @@ class CameraOptions:
             raise ValueError(f"--threshold must be in [0, 1], got {self.threshold}")
         if self.temperature is not None and not 0 < self.temperature <= 100:
             raise ValueError(f"--temperature must be in (0, 100], got {self.temperature}")
+        if self.background_logit != MODEL_DEFAULT and self.background_logit is not None:
+            import math
+            if isinstance(self.background_logit, bool) or not isinstance(self.background_logit, (int, float)) \
+                    or not math.isfinite(self.background_logit):
+                raise ValueError(f"--background-logit must be a number, none or model, got {self.background_logit!r}")
         if self.max_frames is not None and self.max_frames < 1:
             raise ValueError(f"--max-frames must be positive, got {self.max_frames}")
         if self.top_k < 1:
@@ -213,29 +222,48 @@ def _percentiles(ring: np.ndarray, n: int) -> dict:
 
 class Smoother:
     """Softmax of each frame's logits at `temperature` and their exponential moving average over frames (weight
-    `alpha` for the newest; 1 = none), in place on preallocated vectors."""
+    `alpha` for the newest; 1 = none), in place on preallocated vectors.
 
-    def __init__(self, num_classes: int, alpha: float, temperature: float = 1.0) -> None:
+    With a `background_logit` b (ModelMeta.background_logit) the softmax runs over [logits / T, b]: the last
+    entry is 'nothing there', `garment` is the smoothed probability of the garment classes together, and `ema`
+    shows the garment classes' probabilities given that a garment is there (summing to 1, as without b)."""
+
+    def __init__(self, num_classes: int, alpha: float, temperature: float = 1.0,
+                 background_logit: Optional[float] = None) -> None:
         self.alpha = float(alpha)
         self.temperature = float(temperature)
+        self.background_logit = None if background_logit is None else float(background_logit)
         self._inv_t = np.float32(1.0 / self.temperature)
-        self.probs = np.empty(num_classes, np.float32)  # this frame's
-        self.ema = np.zeros(num_classes, np.float32)  # what is shown
+        self._k = num_classes
+        n = num_classes + (self.background_logit is not None)
+        self._p = np.empty(n, np.float32)
+        self._ema = np.zeros(n, np.float32)
+        self.probs = self._p[:num_classes]  # this frame's (a view)
+        # What is shown: the EMA itself, or its garment part renormalised.
+        self.ema = self._ema if self.background_logit is None else np.zeros(num_classes, np.float32)
+        self.garment: Optional[float] = None if self.background_logit is None else 1.0
         self._started = False
 
     def update(self, logits: np.ndarray) -> None:
-        p = self.probs
-        np.subtract(logits, logits.max(), out=p)  # subtracting the max keeps exp() finite
+        p, k = self._p, self._k
+        p[:k] = logits
         if self._inv_t != 1:
-            p *= self._inv_t
+            p[:k] *= self._inv_t
+        if self.background_logit is not None:
+            p[k] = self.background_logit
+        p -= p.max()  # keeps exp() finite
         np.exp(p, out=p)
         p /= p.sum()
         if not self._started or self.alpha >= 1.0:
-            self.ema[:] = p
+            self._ema[:] = p
             self._started = True
         else:
-            self.ema *= 1.0 - self.alpha
-            self.ema += self.alpha * p
+            self._ema *= 1.0 - self.alpha
+            self._ema += self.alpha * p
+        if self.background_logit is not None:
+            g = float(1.0 - self._ema[k])
+            self.garment = g
+            np.divide(self._ema[:k], max(g, 1e-12), out=self.ema)
 
 
 @dataclass
@@ -247,11 +275,13 @@ class Shown:
     unsure: bool
 
 
-def decide(ema: np.ndarray, k: int, threshold: float) -> Shown:
+def decide(ema: np.ndarray, k: int, threshold: float, garment: Optional[float] = None) -> Shown:
+    """`garment` (a background logit's P(garment)): 'uncertain' when it is below the threshold; else when the
+    top class's probability is."""
     top = np.argsort(-ema, kind="stable")[:k]
     best = int(top[0])
     p_best = float(ema[best])
-    return Shown(top, best, p_best, p_best < threshold)
+    return Shown(top, best, p_best, (p_best if garment is None else garment) < threshold)
 
 
 @dataclass
@@ -317,13 +347,14 @@ def open_loop(opt: CameraOptions, log: Callable[[str], None]) -> Loop:
     roi = Roi.parse(opt.roi if opt.roi is not None else meta.roi)
     threshold = opt.threshold if opt.threshold is not None else meta.threshold
     temperature = opt.temperature if opt.temperature is not None else meta.temperature
+    background = meta.background_logit if opt.background_logit == MODEL_DEFAULT else opt.background_logit
     src = open_source(opt.source, meta, realtime=opt.realtime, retry=RetryPolicy.from_env(opt.retries, opt.retry_delay),
                       data_root=Path(opt.data_dir) if opt.data_dir else None, log=log)
     # Image folders are unrelated pictures: smoothing across them would blend different garments.
     alpha = 1.0 if src.__class__.__name__ == "ImageFolderSource" else float(
         opt.smooth if opt.smooth is not None else meta.smooth)
     loop = Loop(opt=opt, meta=meta, roi=roi, threshold=threshold, runner=FrameRunner(clf, roi), src=src,
-                smoother=Smoother(meta.num_classes, alpha, temperature), k=min(opt.top_k, meta.num_classes),
+                smoother=Smoother(meta.num_classes, alpha, temperature, background), k=min(opt.top_k, meta.num_classes),
                 label_index={lab: i for i, lab in enumerate(meta.labels)},
                 quoted=[json.dumps(lab) for lab in meta.labels],
                 ring=np.zeros((RING, len(STAGES)), np.float32), tally=Tally())
@@ -341,9 +372,11 @@ def emit(loop: Loop, out: TextIO, shown: Shown, truth: Optional[str], times: tup
     if opt.json:
         tops = ", ".join(f'{{"label": {loop.quoted[i]}, "prob": {ema[i]:.4f}}}' for i in shown.top)
         capture, pre, inference, total = times
+        garment = loop.smoother.garment
         out.write(f'{{"frame": {frame_no}, "top": [{tops}], '
                   f'"label": {_UNCERTAIN if shown.unsure else loop.quoted[shown.best]}, '
                   f'"uncertain": {"true" if shown.unsure else "false"}, '
+                  f'{"" if garment is None else f""""garment": {garment:.6f}, """}'
                   f'"truth": {"null" if truth is None else json.dumps(truth)}, '
                   f'"latency_ms": {{"capture": {capture * 1e3:.3f}, "preprocess": {pre * 1e3:.3f}, '
                   f'"inference": {inference * 1e3:.3f}, "total": {total * 1e3:.3f}}}}}\n')
@@ -427,7 +460,7 @@ def run_camera(opt: CameraOptions, out: TextIO = sys.stdout, log: Callable[[str]
             t2 = perf()
             smoother.update(runner.infer())
             t3 = perf()
-            shown = decide(smoother.ema, loop.k, loop.threshold)
+            shown = decide(smoother.ema, loop.k, loop.threshold, smoother.garment)
             tally.count(shown, smoother.probs, truth, loop.label_index)
             t4 = perf()
             times = (t1 - t0, t2 - t1, t3 - t2, t4 - t0)
@@ -470,7 +503,7 @@ def summarize(loop: Loop, elapsed: float, stopped: str, src_stats: dict) -> dict
         "rss_mb": {"after_100_frames": _round(loop.rss_start), "end": _round(rss_mb())},
         "stopped": stopped, "model": str(opt.model), "source": loop.src.name, "source_stats": src_stats,
         "threads": opt.threads, "spin": opt.spin, "smooth": loop.smoother.alpha, "threshold": loop.threshold,
-        "temperature": loop.smoother.temperature,
+        "temperature": loop.smoother.temperature, "background_logit": loop.smoother.background_logit,
         "roi": str(loop.roi), "uncertain_frames": t.uncertain,
     }
     if loop.server is not None:

@@ -454,6 +454,7 @@ class ExportOptions:
     camera_smooth: float | None = None
     camera_threshold: float | None = None
     camera_temperature: float | None = None
+    camera_background_logit: float | str | None = None  # a number, "none" (clear it) or None (the source's)
 
     def __post_init__(self) -> None:
         if self.quantize not in QUANTIZE_MODES:
@@ -470,9 +471,13 @@ class ExportOptions:
 
     @property
     def camera(self) -> dict:
-        return {k: v for k, v in (("roi", self.camera_roi), ("smooth", self.camera_smooth),
+        out = {k: v for k, v in (("roi", self.camera_roi), ("smooth", self.camera_smooth),
                                   ("threshold", self.camera_threshold),
                                   ("temperature", self.camera_temperature)) if v is not None}
+        b = self.camera_background_logit
+        if b is not None:
+            out["background_logit"] = None if b == "none" else _number(b, "--camera-background-logit")
+        return out
 
 
 def stage_meta(source: Source, opts: ExportOptions, created: str) -> ModelMeta:
@@ -482,7 +487,15 @@ def stage_meta(source: Source, opts: ExportOptions, created: str) -> ModelMeta:
                                    split=source.meta.split or SplitSpec.from_meta(source.meta).to_dict(),
                                    extra=provenance(source, created), **opts.camera)
     except MetaError as e:
-        raise ExportError(f"--camera-roi/--camera-smooth/--camera-threshold/--camera-temperature: {e}") from None
+        raise ExportError(f"--camera-roi/--camera-smooth/--camera-threshold/--camera-temperature/"
+                          f"--camera-background-logit: {e}") from None
+
+
+def _number(v, option: str) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise ExportError(f"{option}: a number or none, got {v!r}") from None
 
 
 def new_report(source: Source, meta: ModelMeta, opts: ExportOptions, settings: q.QuantSettings, host_cpu: dict,

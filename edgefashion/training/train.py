@@ -206,11 +206,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def model_from_checkpoint(ckpt: dict) -> tuple[nn.Module, ModelMeta]:
     """Rebuild the model a checkpoint describes, with its weights, in eval mode (a QAT run's with its
-    quantization ranges frozen: running it must not move them)."""
-    args = ckpt["model_args"]
-    model = create_model(ckpt["model"], **args)
+    quantization ranges frozen: running it must not move them; an ensemble's with all its members)."""
     meta = ModelMeta.from_dict({**ckpt["meta"], "split": checkpoint_split(ckpt).to_dict()})
-    from . import qat
+    from . import ensemble, qat
+    if ensemble.is_ensemble(ckpt):
+        model = ensemble.build(ckpt["model_args"])
+        model.load_state_dict(ckpt["state_dict"])
+        return model.eval(), meta
+    model = create_model(ckpt["model"], **ckpt["model_args"])
     qat_run = qat.is_qat(ckpt.get("config"))
     if qat_run:
         model = qat.prepare(model, meta)  # the fake-quant graph the state dict belongs to

@@ -1,0 +1,216 @@
+"""Ensembles: trained checkpoints of one task run side by side as one model (`edgefashion ensemble A B ...`).
+
+Why: a photo model trained from scratch on 3k photos is what limits the camera, and the camera has compute to
+spare (the bundled resnet10 runs at several hundred FPS on one thread; the bar is 150). Models trained apart make
+different mistakes, and the mean of their logits is right more often and surer on garments than on empty
+scenes. The members live in one `Ensemble` module, so `export` sees one model: one ONNX graph with the
+members' branches on the same input, the same parity check, INT8 calibration, accuracy guard, portable target
+and cross-CPU check as any model, and one `.onnx` file for the runtime, which needs no change.
+
+An ensemble checkpoint is self-describing like a training run's: `model` is "ensemble", `model_args` lists
+each member's zoo name and arguments, `state_dict` holds every member's tensors (under `members.<i>.`), and
+`meta`/`config` are the members' shared ones, so `model_from_checkpoint` rebuilds it alone and export finds the
+data the members were trained on for calibration.
+"""
+from __future__ import annotations
+
+import hashlib
+import platform
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import __version__
+from .. import data as efdata
+from ..data.splits import SplitSpec
+from ..files import sha256_file
+from ..meta import ModelMeta
+from ..names import BEST_CHECKPOINT, CHECKPOINTS, RESULTS_JSON, TEST, TRAIN, VAL
+from ..reports import TrainReport
+from . import qat
+from .datasets import load_data
+from .train import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, checkpoint_split, evaluate, load_checkpoint,
+                    model_from_checkpoint, save_checkpoint)
+from .zoo import count_params, create_model
+
+ENSEMBLE = "ensemble"
+# Meta fields every member must share: the one preprocessing definition the file carries, the labels it names,
+# and the data it was trained on (calibration and the split the test figures come from).
+SHARED_META = ("labels", "input_size", "in_chans", "mean", "std", "resize", "color", "domain", "interpolation",
+               "dataset")
+
+
+class EnsembleError(ValueError):
+    """Checkpoints that cannot be one ensemble; the message names the file and what differs."""
+
+
+class Ensemble(nn.Module):
+    """The mean of the members' logits. Logits, not probabilities: the runtime's softmax, temperature and
+    'uncertain' threshold then apply to the ensemble as to any model, and the graph stays Conv/Gemm/Add/Mul,
+    which quantizes like its members."""
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if len(members) < 2:
+            raise EnsembleError("an ensemble needs at least two members")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.members[0](x)
+        for m in self.members[1:]:
+            out = out + m(x)
+        return out * (1.0 / len(self.members))
+
+
+def is_ensemble(ckpt: dict) -> bool:
+    return ckpt.get("model") == ENSEMBLE
+
+
+def build(model_args: dict) -> Ensemble:
+    """The (untrained) Ensemble a checkpoint's model_args describe."""
+    members = model_args.get("members")
+    if not isinstance(members, list) or len(members) < 2:
+        raise EnsembleError("ensemble checkpoint: model_args.members must list at least two members")
+    return Ensemble([create_model(m["model"], **m["model_args"]) for m in members])
+
+
+def display_name(names: Sequence[str]) -> str:
+    """'ensemble-3xresnet10', or 'ensemble-resnet10+seq5' when the members differ."""
+    if len(set(names)) == 1:
+        return f"{ENSEMBLE}-{len(names)}x{names[0]}"
+    return f"{ENSEMBLE}-" + "+".join(names)
+
+
+def _check_member(path: Path, ckpt: dict, first: dict, first_path: Path) -> None:
+    if is_ensemble(ckpt):
+        raise EnsembleError(f"{path}: already an ensemble; list its members instead")
+    if qat.is_qat(ckpt.get("config")):
+        raise EnsembleError(f"{path}: a quantization-aware trained checkpoint; an ensemble's INT8 file is "
+                            "calibrated as a whole, so give it the float checkpoints")
+    a, b = ModelMeta.from_dict(first["meta"]), ModelMeta.from_dict(ckpt["meta"])
+    for f in SHARED_META:
+        if getattr(a, f) != getattr(b, f):
+            raise EnsembleError(f"{path}: its {f} {getattr(b, f)!r} differs from {first_path}'s "
+                                f"{getattr(a, f)!r}; members must share preprocessing, labels and data")
+    a_cfg, b_cfg = first.get("config") or {}, ckpt.get("config") or {}
+    if a_cfg.get("limit") != b_cfg.get("limit"):
+        raise EnsembleError(f"{path}: trained with --limit {b_cfg.get('limit')}, {first_path} with --limit "
+                            f"{a_cfg.get('limit')}; members must have seen the same images")
+
+
+def _check_splits(loaded: Sequence[tuple], data_dir: str | None) -> None:
+    """Members must have held out the same validation and test images, or the ensemble's test figure would
+    score images some member trained on. Split parameters that differ are fine where they carve nothing: a
+    set that ships all three splits (clothing-small) ignores them, which --seed also changes."""
+    first_path, first = loaded[0]
+    specs = {checkpoint_split(c) for _, c in loaded}
+    if len(specs) == 1:
+        return
+    cfg = first.get("config") or {}
+    root = efdata.resolve_data_root(data_dir or cfg.get("data_dir"))
+    kind, where = efdata.resolve_dataset(cfg["data"], root, download=False)
+    held_out = {}
+    for spec in specs:
+        sd = efdata.load_splits(kind, where, spec)
+        held_out[spec] = [_part_key(sd.splits[name]) for name in (VAL, TEST)]
+    ref = held_out[checkpoint_split(first)]
+    for path, c in loaded[1:]:
+        if held_out[checkpoint_split(c)] != ref:
+            raise EnsembleError(f"{path}: holds out other validation/test images ({checkpoint_split(c)}) than "
+                                f"{first_path} ({checkpoint_split(first)}); the test figures would mix held-out "
+                                "and training images")
+
+
+def _part_key(part) -> str:
+    items, y = part
+    h = hashlib.sha256(np.asarray(y).tobytes())
+    if isinstance(items, np.ndarray):
+        h.update(items.tobytes())
+    else:
+        for item in items:
+            h.update(str(item).encode() + b"\0")
+    return h.hexdigest()
+
+
+def make_checkpoint(paths: Sequence[str | Path], data_dir: str | None = None) -> tuple[dict, Ensemble]:
+    """Load the members and check they fit together; return the ensemble's checkpoint and its model."""
+    if len(paths) < 2:
+        raise EnsembleError("an ensemble needs at least two checkpoints")
+    loaded = []
+    for p in paths:
+        ckpt = load_checkpoint(p)
+        if loaded:
+            _check_member(Path(p), ckpt, loaded[0][1], loaded[0][0])
+        elif is_ensemble(ckpt):
+            raise EnsembleError(f"{p}: already an ensemble; list its members instead")
+        loaded.append((Path(p), ckpt))
+    _check_splits(loaded, data_dir)
+    models = [model_from_checkpoint(c)[0] for _, c in loaded]
+    first = loaded[0][1]
+    names = [c["model"] for _, c in loaded]
+    meta = ModelMeta.from_dict({**first["meta"], "model": display_name(names),
+                                "split": checkpoint_split(first).to_dict()})
+    model = Ensemble(models).eval()
+    members = [{"model": c["model"], "model_args": c["model_args"]} for _, c in loaded]
+    sources = [{"file": _file_of(p).name, "sha256": sha256_file(_file_of(p)), "model": c["model"],
+                "epoch": c.get("epoch"), "train_seconds": c.get("train_seconds"),
+                "best_val_accuracy": (c.get("best") or {}).get("val_acc")} for p, c in loaded]
+    ckpt = {
+        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "edgefashion": __version__,
+        "model": ENSEMBLE, "model_args": {"members": members}, "meta": meta.to_dict(),
+        "config": dict(first.get("config") or {}), "epoch": None,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "members": sources,
+        "train_seconds": sum(float(c.get("train_seconds") or 0) for _, c in loaded),
+    }
+    return ckpt, model
+
+
+def _file_of(path: Path) -> Path:
+    """The file load_checkpoint read for `path` (a run folder: its best.pt, else last.pt)."""
+    if path.is_dir():
+        return next(path / n for n in CHECKPOINTS if (path / n).is_file())
+    return path
+
+
+def score(ckpt: dict, model: Ensemble, *, data_dir: str | None, log=print) -> TrainReport:
+    """The ensemble's validation and test figures on the members' own splits, as results.json: export reports
+    them, and the model is selected on validation like any run."""
+    meta = ModelMeta.from_dict(ckpt["meta"])
+    cfg = ckpt["config"]
+    bundle = load_data(cfg["data"], data_dir or cfg.get("data_dir"), model=meta.model, img_size=meta.input_size,
+                       in_chans=meta.in_chans, split=SplitSpec.from_meta(meta), limit=cfg.get("limit"),
+                       device="cpu", download=False, quiet=True)
+    dev = torch.device("cpu")
+    with torch.no_grad():
+        va, te, tr = (evaluate(model, bundle.splits[s], meta, device=dev, amp=False) for s in (VAL, TEST, TRAIN))
+    log(f"{meta.model}: val accuracy {va['acc']:.4f}, test accuracy {te['acc']:.4f} "
+        f"({te['n']} images); members: " + ", ".join(m["file"] for m in ckpt["members"]))
+    return TrainReport(
+        model=meta.model, data=bundle.name, labels=list(meta.labels), params=count_params(model),
+        img_size=meta.input_size, in_chans=meta.in_chans, test_accuracy=te["acc"], test_loss=te["loss"],
+        test_images=te["n"], per_class_accuracy=dict(zip(meta.labels, te["per_class"])),
+        confusion_matrix=te["confusion"], train_accuracy=tr["acc"], best_val_accuracy=va["acc"], best_epoch=0,
+        epochs_run=0, stop_reason=f"ensemble of {len(ckpt['members'])} checkpoints",
+        train_seconds=round(float(ckpt.get("train_seconds") or 0), 2), device="cpu", world_size=1,
+        split_sizes={k: len(v) for k, v in bundle.splits.items()}, source="mean of the members' logits",
+        edgefashion=__version__, torch=torch.__version__, python=platform.python_version())
+
+
+def write(paths: Sequence[str | Path], out_dir: str | Path, *, data_dir: str | None = None, log=print) -> Path:
+    """`edgefashion ensemble`: write OUT/best.pt and OUT/results.json (each atomically); return OUT."""
+    out = Path(out_dir)
+    ckpt, model = make_checkpoint(paths, data_dir)
+    results = score(ckpt, model, data_dir=data_dir, log=log)
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out / BEST_CHECKPOINT, ckpt)
+    results.write(out / RESULTS_JSON)
+    log(f"wrote {out / BEST_CHECKPOINT} and {out / RESULTS_JSON}; next: edgefashion export {out}")
+    return out
+
+
+__all__ = ["ENSEMBLE", "Ensemble", "EnsembleError", "build", "display_name", "is_ensemble", "make_checkpoint",
+           "score", "write"]

@@ -1,0 +1,79 @@
+"""`edgefashion ensemble`: trained checkpoints of one task as one model, scored, exported and run like any other.
+
+Real runs (cnn4, one epoch on 1,500 Fashion-MNIST images per split, seconds on two cores), the real CLI."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli
+from edgefashion.runtime.classifier import Classifier
+from edgefashion.training.ensemble import Ensemble, EnsembleError, make_checkpoint
+from edgefashion.training.train import TrainConfig, fit, load_checkpoint, model_from_checkpoint, save_checkpoint
+
+
+def _quiet(*_a, **_k):
+    pass
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory, shared_data):
+    """Two runs on the same splits (seed 0) that differ in their learning rate, and one on other splits."""
+    root = tmp_path_factory.mktemp("ens-runs")
+    out = {}
+    for name, seed, lr in (("a", 0, None), ("b", 0, 0.003), ("other-split", 1, None)):
+        cfg = TrainConfig(model="cnn4", data="fashion-mnist", data_dir=str(shared_data), epochs=1, limit=1500,
+                          batch_size=64, seed=seed, lr=lr)
+        fit(cfg, root / name, progress=False, log=_quiet)
+        out[name] = root / name
+    return out
+
+
+def test_ensemble_cli_scores_exports_and_runs(members, tmp_path):
+    ens = tmp_path / "ens"
+    p = run_cli("ensemble", members["a"], members["b"] / "best.pt", "--out", ens)
+    assert "next: edgefashion export" in p.stderr
+    res = json.loads((ens / "results.json").read_text())
+    assert res["model"] == "ensemble-2xcnn4" and res["test_images"] > 0 and 0.5 < res["test_accuracy"] <= 1
+    ckpt = load_checkpoint(ens)
+    assert [m["file"] for m in ckpt["members"]] == ["best.pt", "best.pt"]
+    assert all(len(m["sha256"]) == 64 for m in ckpt["members"])
+    # The checkpoint rebuilds itself alone: its logits are the mean of its members' own.
+    model, meta = model_from_checkpoint(ckpt)
+    assert isinstance(model, Ensemble) and meta.model == "ensemble-2xcnn4"
+    x = torch.randn(8, 1, 28, 28)
+    with torch.no_grad():
+        a = model_from_checkpoint(load_checkpoint(members["a"]))[0](x)
+        b = model_from_checkpoint(load_checkpoint(members["b"]))[0](x)
+        torch.testing.assert_close(model(x), (a + b) / 2)
+    # Export: one ONNX file with both members, the usual parity check and INT8 file; the runtime needs nothing new.
+    out = tmp_path / "export"
+    run_cli("export", ens, "--out", out, "--calib-size", "64", "--calib-methods", "minmax", "--latency-runs", "5",
+            "--max-drop", "100", "--no-cpu-check")
+    report = json.loads((out / "report.json").read_text())
+    assert report["parity"]["top1_agreement"] >= 0.999 and report["int8"]
+    assert report["run"]["test_accuracy"] == pytest.approx(res["test_accuracy"])
+    clf = Classifier(out / "model.int8.onnx")
+    assert clf.meta.model == "ensemble-2xcnn4"
+    got = json.loads(run_cli("eval", "--model", out / "model.onnx", "--data", "fashion-mnist", "--limit", "300",
+                             "--json").stdout)
+    assert got["accuracy"] > 0.5
+
+
+def test_ensemble_refuses_members_that_do_not_fit(members, tmp_path):
+    # Other validation/test images: the test figure would score images a member trained on.
+    bad = run_cli("ensemble", members["a"], members["other-split"], "--out", tmp_path / "x", check=False)
+    assert bad.returncode == 1 and "validation/test images" in bad.stderr and not (tmp_path / "x").exists()
+    # Other labels (another task) and a single member.
+    ckpt = load_checkpoint(members["b"])
+    ckpt["meta"] = {**ckpt["meta"], "labels": [f"c{i}" for i in range(10)]}
+    save_checkpoint(tmp_path / "relabelled.pt", ckpt)
+    with pytest.raises(EnsembleError, match="relabelled.pt: its labels"):
+        make_checkpoint([members["a"], tmp_path / "relabelled.pt"])
+    one = run_cli("ensemble", members["a"], "--out", tmp_path / "y", check=False)
+    assert one.returncode == 1 and "at least two" in one.stderr
+    # An ensemble is not a member: list its members instead.
+    run_cli("ensemble", members["a"], members["b"], "--out", tmp_path / "ens")
+    nested = run_cli("ensemble", tmp_path / "ens", members["a"], "--out", tmp_path / "z", check=False)
+    assert nested.returncode == 1 and "already an ensemble" in nested.stderr
