@@ -14,6 +14,7 @@ and throttling on a Raspberry Pi); the camera turns spinning off unless --spin a
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -83,7 +84,6 @@ class CameraOptions:
         if self.temperature is not None and not 0 < self.temperature <= 100:
             raise ValueError(f"--temperature must be in (0, 100], got {self.temperature}")
         if self.background_logit != MODEL_DEFAULT and self.background_logit is not None:
-            import math
             if isinstance(self.background_logit, bool) or not isinstance(self.background_logit, (int, float)) \
                     or not math.isfinite(self.background_logit):
                 raise ValueError(f"--background-logit must be a number, none or model, got {self.background_logit!r}")
