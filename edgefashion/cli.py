@@ -306,8 +306,13 @@ def data_info(name_or_path, data_dir, as_json):
               help="Run folders [default: runs/reproduce-<suite>].")
 @click.option("--table-dir", type=click.Path(file_okay=False), default="benchmarks", show_default=True,
               help="Where the table goes (reproduce-<suite>.md and .json).")
+@click.option("--qat/--no-qat", default=True, show_default=True,
+              help="Fine-tune with quantization-aware training (train --qat, 4 epochs) every model whose static "
+                   "INT8 file loses more than --qat-above points, and report that INT8 file.")
+@click.option("--qat-above", type=float, default=0.5, show_default=True, metavar="PP",
+              help="The static INT8 accuracy loss, in points, above which --qat fine-tunes a model.")
 @_fails_with_message(_export_errors, interrupt=True)
-def reproduce(suite, epochs_scale, device, models, data_dir, limit, img_size, out, table_dir):
+def reproduce(suite, epochs_scale, device, models, data_dir, limit, img_size, out, table_dir, qat, qat_above):
     """Train, export and quantize every zoo model of a suite with its seed recipe, and write one table with
     the seed report's figures beside ours. Resumable: finished models are not retrained; a run that a larger
     --epochs-scale asks more epochs of continues from its last epoch (plateau or constant schedules only, and
@@ -323,7 +328,7 @@ def reproduce(suite, epochs_scale, device, models, data_dir, limit, img_size, ou
 
     run(suite, out=out, table_dir=table_dir, epochs_scale=epochs_scale, device=device, data_dir=data_dir,
         models=[m.strip() for m in models.split(",")] if models else None, limit=limit, img_size=img_size,
-        command="edgefashion " + " ".join(sys.argv[1:]), log=click.echo)
+        qat=qat, qat_above_pp=qat_above, command="edgefashion " + " ".join(sys.argv[1:]), log=click.echo)
 
 
 # --- export / inspect (training half for export; inspect is torch-free) ---

@@ -83,7 +83,11 @@ def test_bundled_model_answers_the_same_on_an_emulated_haswell(shared_data):
 def test_bundled_photo_model_runs_the_camera_with_its_calibrated_defaults_as_recorded(tmp_path):
     """The camera defaults (roi, smoothing, threshold, temperature, background logit) written into the bundled photo file are the ones the
     camera benchmark recorded for it, and its demo (no data folder, no --model) reproduces the live accuracy
-    recorded there, frame for frame the same on every CPU family."""
+    recorded there: exactly on the CPU and packages that recorded it, within DEMO_TOLERANCE elsewhere. The demo's
+    scenes are drawn by OpenCV, whose IPP and SIMD kernels round differently per CPU, so other CPUs see slightly
+    different frames (0.752 with 64 frames uncertain on an Intel AVX-512 VNNI machine, 0.740 with 70 on an AMD
+    EPYC with AVX2, the same files and packages); the model's own integers are the same everywhere (the tests
+    above)."""
     bench = json.loads((REPO / "benchmarks" / "camera" / "results" / "bundled-camera.json").read_text())
     demo = next(d for d in bench["demo"].values() if d["model"] == f"export/{DEFAULTS['photo']}")
     meta = Classifier(REPO / "export" / DEFAULTS["photo"], threads=1).meta
@@ -94,4 +98,26 @@ def test_bundled_photo_model_runs_the_camera_with_its_calibrated_defaults_as_rec
                 str(demo["frames"]), env={"EDGEFASHION_DATA": str(tmp_path / "none"), "HOME": str(tmp_path)})
     s = json.loads(p.stdout.strip().splitlines()[-1])["summary"]
     assert (s["roi"], s["smooth"], s["threshold"], s["temperature"], s["background_logit"]) == recorded
-    assert s["accuracy"] == demo["accuracy"] and s["uncertain_frames"] == demo["uncertain_frames"]
+    if same_frames(bench):
+        assert s["accuracy"] == demo["accuracy"] and s["uncertain_frames"] == demo["uncertain_frames"]
+    else:
+        assert abs(s["accuracy"] - demo["accuracy"]) <= DEMO_TOLERANCE, (s, demo)
+        assert abs(s["uncertain_frames"] - demo["uncertain_frames"]) <= DEMO_TOLERANCE * demo["frames"], (s, demo)
+
+
+# Another CPU's demo frames differ a little (see above): 3 points of live accuracy, 15 of 500 frames.
+DEMO_TOLERANCE = 0.03
+
+
+def same_frames(bench: dict) -> bool:
+    """Whether this machine draws the frames the benchmark recorded: the same CPU model and ISA, and the same
+    OpenCV, numpy and onnxruntime."""
+    import cv2
+    import numpy
+    import onnxruntime
+    from edgefashion.runtime.cpu import cpu_info
+    m, c = bench.get("machine"), cpu_info()
+    if not isinstance(m, dict) or (m.get("cpu"), m.get("isa")) != (c["model"], c["isa"]):
+        return False
+    return bench.get("versions") == {"opencv": cv2.__version__, "numpy": numpy.__version__,
+                                     "onnxruntime": onnxruntime.__version__}

@@ -192,6 +192,11 @@ def test_benchmark_video_is_labelled_and_scored(tmp_path):
                                                                                (4.0, 0.0)]
     assert all(0 < r["at_target"]["threshold"] < 1 for r in got["runs"])
     assert "Each setting at its own threshold" in res.with_suffix(".md").read_text()
+    # Which CPU and packages drew and classified the frames: another CPU draws slightly different ones.
+    from edgefashion.runtime.cpu import cpu_info
+    assert got["machine"]["cpu"] == cpu_info()["model"] and got["machine"]["isa"] == cpu_info()["isa"]
+    assert got["versions"]["opencv"] == cv2.__version__
+    assert f"OpenCV {cv2.__version__}" in res.with_suffix(".md").read_text()
 
 
 def test_scene_crops_are_recoloured_and_joined_but_stay_real_pixels():

@@ -67,6 +67,37 @@ def test_reproduce_tiny_and_resume(shared_data, tmp_path):
     assert "| cnn1 * |" in md and "| logreg |" in md and "Rows of cnn1 (marked *) re-run by" in md
 
 
+def test_reproduce_fine_tunes_with_qat_the_rows_static_int8_breaks(shared_data, tmp_path):
+    """A row whose static INT8 file loses more than --qat-above points gets a QAT fine-tune of its best.pt, and
+    the table shows that INT8 file, marked (QAT), with the static figure kept beside it. --qat-above -100 makes
+    cnn1's (harmless) static INT8 count as broken, so the path runs in seconds."""
+    args = ["reproduce", "--suite", "fashion-mnist", "--models", "cnn1", "--epochs-scale", "0.025",
+            "--limit", "1500", "--qat-above", "-100", "--out", tmp_path / "runs", "--table-dir", tmp_path / "bench"]
+    p = run_cli(*args)
+    assert "cnn1: static INT8 loses" in p.stdout and "quantization-aware training, 4 epochs" in p.stdout
+    row = json.loads((tmp_path / "bench" / "reproduce-fashion-mnist.json").read_text())["rows"][0]
+    qat_dir = tmp_path / "runs" / "cnn1" / "qat"
+    assert row["int8_mode"] == "qat" and row["qat_epochs"] == 4 and row["qat_run"] == str(qat_dir)
+    qrep = json.loads((qat_dir / "export" / "report.json").read_text())
+    static = json.loads((tmp_path / "runs" / "cnn1" / "export" / "report.json").read_text())
+    assert qrep["int8"]["method"] == "qat" and row["int8_test_accuracy"] == qrep["int8"]["test_accuracy"]
+    assert row["static_int8_test_accuracy"] == static["int8"]["test_accuracy"]
+    assert row["int8_latency_ms"] == qrep["int8"]["latency_ms_b1_t1"] > 0
+    assert 0.3 < row["int8_test_accuracy"] <= 1
+    md = (tmp_path / "bench" / "reproduce-fashion-mnist.md").read_text()
+    assert f"{100 * row['int8_test_accuracy']:.2f}% (QAT)" in md and "static INT8 gave cnn1" in md
+
+    # Resumable: the finished QAT run and its export are kept.
+    stamp = (qat_dir / "best.pt").stat().st_mtime_ns
+    p = run_cli(*args)
+    assert "trained already" in p.stdout and "quantization-aware training" not in p.stdout
+    assert (qat_dir / "best.pt").stat().st_mtime_ns == stamp
+    # --no-qat reports the static file.
+    p = run_cli(*args, "--no-qat")
+    row = json.loads((tmp_path / "bench" / "reproduce-fashion-mnist.json").read_text())["rows"][0]
+    assert row["int8_mode"] == "static" and "qat_run" not in row
+
+
 def _finished_run(path, epochs_run, stop_reason, scheduler):
     path.mkdir(parents=True)
     TrainReport(model="cnn4", data="fashion-mnist", labels=[], params=1, img_size=28, in_chans=1, test_accuracy=0.9,

@@ -20,7 +20,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -106,6 +105,33 @@ def fold(point: dict) -> dict:
             {"background_logit": b, "threshold": t}}
 
 
+def machine() -> dict:
+    """The CPU the figures were taken on. It matters beyond speed: the videos and the demo's scenes are drawn by
+    OpenCV, whose IPP and SIMD kernels (warps, blurs, resizes) round differently on different CPUs, so another
+    CPU sees slightly different frames (measured: the demo's live accuracy 0.752 on an Intel AVX-512 VNNI machine,
+    0.740 on an AMD EPYC with AVX2, the same files and packages)."""
+    from edgefashion.runtime.cpu import cpu_info
+    c = cpu_info()
+    return {"cpu": c["model"], "isa": c["isa"], "machine": c["machine"], "cores": c["cores"]}
+
+
+def machine_text(results: dict) -> str:
+    m = results.get("machine")
+    if not isinstance(m, dict):  # results recorded before the CPU was
+        return str(m)
+    v = results.get("versions") or {}
+    return (f"{m['cpu']} ({', '.join(m['isa']) or m['machine']}, {m['cores']} cores)"
+            + (f", OpenCV {v['opencv']}, numpy {v['numpy']}, onnxruntime {v['onnxruntime']}" if v else ""))
+
+
+def frame_versions() -> dict:
+    """The packages that draw and classify the frames: a different version draws different frames too."""
+    import cv2
+    import numpy
+    import onnxruntime
+    return {"opencv": cv2.__version__, "numpy": numpy.__version__, "onnxruntime": onnxruntime.__version__}
+
+
 def _repo_relative(path: Path) -> str:
     p = Path(path).resolve()
     return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(path)
@@ -143,7 +169,7 @@ def write_md(results: dict, path: Path) -> None:
              f"{results['labels']['frames']} frames ({results['labels']['items']} items x {results['labels']['hold']} "
              f"frames, {results['runs'][0]['scores']['background_frames']} background-only frames), 640x480; "
              f"`edgefashion camera --headless --json --threads 1` with each row's roi, smoothing, temperature and threshold "
-             f"('model': the file's own camera defaults). Made by `{results['command']}` on {results['machine']}.", "",
+             f"('model': the file's own camera defaults). Made by `{results['command']}` on {machine_text(results)}.", "",
              "| model | roi | smooth | T | B | threshold | frames right | item majority right | top-1 (any confidence) | garment uncertain "
              "| background uncertain | FPS |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -285,8 +311,8 @@ def main() -> None:
                   f"{s['item_majority_accuracy']:.3f}, top-1 {s['frame_top1']:.3f}, background uncertain "
                   f"{s['background_uncertain']:.3f}, {summary['fps']} FPS ({time.perf_counter() - t:.0f} s)",
                   flush=True)
-    results = {"video": video.name, "threshold": args.threshold, "machine": f"{platform.node()} "
-               f"({platform.processor() or platform.machine()})", "command": "python benchmarks/camera/run.py " +
+    results = {"video": video.name, "threshold": args.threshold, "machine": machine(),
+               "versions": frame_versions(), "command": "python benchmarks/camera/run.py " +
                " ".join(sys.argv[1:]), "labels": {k: labels.get(k) for k in ("frames", "items", "hold", "seed",
                                                                           "backgrounds", "background_set")},
                "runs": runs}
