@@ -28,6 +28,15 @@ def sigint_as_in_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def load_script(path: Path, name: str):
+    """A benchmark script (not a package module) imported by path, so tests call its functions."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def run_cli(*args, cwd=None, env=None, check=True, timeout=600):
     """Run `python -m edgefashion ARGS` as a user would, in a fresh process."""
     e = dict(os.environ)

@@ -9,7 +9,7 @@ import cv2
 import pytest
 from click.testing import CliRunner
 
-from conftest import REPO, data_root
+from conftest import REPO, data_root, load_script
 from edgefashion.cli import cli
 from edgefashion.runtime import bench as b
 from edgefashion.runtime.cpu import cpu_model, detect_cpu, isa_names
@@ -108,10 +108,7 @@ def test_no_models_and_bad_lists_are_clear_errors(tmp_path):
 
 def test_benchmark_script_finds_export_and_reproduce_layouts(tmp_path):
     """benchmarks/run.py takes export/NAME/model*.onnx and reproduce's RUN/export/model*.onnx, FP32 first."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("bench_run", REPO / "benchmarks" / "run.py")
-    run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run)
+    run = load_script(REPO / "benchmarks" / "run.py", "bench_run")
     for rel in ("a/model.onnx", "a/model.int8.onnx", "cnn4/export/model.int8.onnx", "cnn4/export/model.onnx",
                 "cnn4/last.pt", "b/notes.onnx"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, load_script, run_cli
 from edgefashion.runtime import emulate
 from edgefashion.runtime import models as rtmodels
 from edgefashion.runtime.classifier import Classifier
@@ -111,13 +111,9 @@ DEMO_TOLERANCE = 0.03
 
 def same_frames(bench: dict) -> bool:
     """Whether this machine draws the frames the benchmark recorded: the same CPU model and ISA, and the same
-    OpenCV, numpy and onnxruntime."""
-    import cv2
-    import numpy
-    import onnxruntime
-    from edgefashion.runtime.cpu import cpu_info
-    m, c = bench.get("machine"), cpu_info()
-    if not isinstance(m, dict) or (m.get("cpu"), m.get("isa")) != (c["model"], c["isa"]):
+    packages, as the benchmark script itself records them."""
+    run = load_script(REPO / "benchmarks" / "camera" / "run.py", "camera_bench_run")
+    m, here = bench.get("machine"), run.machine()
+    if not isinstance(m, dict) or (m.get("cpu"), m.get("isa")) != (here["cpu"], here["isa"]):
         return False
-    return bench.get("versions") == {"opencv": cv2.__version__, "numpy": numpy.__version__,
-                                     "onnxruntime": onnxruntime.__version__}
+    return bench.get("versions") == run.frame_versions()

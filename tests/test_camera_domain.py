@@ -1,17 +1,15 @@
 """Camera-domain data (issue 16): garment mattes, the background photographs and their train/held-out split,
 the `--augment camera` training augmentation, and the camera benchmark's generator and scoring."""
 import hashlib
-import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO, data_root
+from conftest import REPO, data_root, load_script
 from edgefashion.data import scene
 from edgefashion.reports import TrainReport
 
@@ -138,13 +136,6 @@ def test_empty_frames_hold_no_garment_and_are_trained_towards_uncertain(tmp_path
     assert 0 <= train_acc <= 1 and 0 <= res.test_accuracy <= 1
 
 
-def _load(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_benchmark_video_is_labelled_and_scored(tmp_path):
     if not (data_root() / "clothing-small").is_dir():
         pytest.skip("clothing-small not found: set EDGEFASHION_DATA")
@@ -160,7 +151,7 @@ def test_benchmark_video_is_labelled_and_scored(tmp_path):
     while cap.read()[0]:
         n += 1
     assert n == labels["frames"] and cap.get(cv2.CAP_PROP_FRAME_WIDTH) == 640
-    run = _load(REPO / "benchmarks" / "camera" / "run.py", "camera_bench_run")
+    run = load_script(REPO / "benchmarks" / "camera" / "run.py", "camera_bench_run")
     truth = labels["truth"]
     # A camera that is right and sure on garments, unsure on background: everything scores 1.
     frames = [{"top": [{"label": t or "hat", "prob": 0.9 if t else 0.2}]} for t in truth]
@@ -194,7 +185,8 @@ def test_benchmark_video_is_labelled_and_scored(tmp_path):
     assert "Each setting at its own threshold" in res.with_suffix(".md").read_text()
     # Which CPU and packages drew and classified the frames: another CPU draws slightly different ones.
     from edgefashion.runtime.cpu import cpu_info
-    assert got["machine"]["cpu"] == cpu_info()["model"] and got["machine"]["isa"] == cpu_info()["isa"]
+    cpu = cpu_info()
+    assert got["machine"]["cpu"] == cpu["model"] and got["machine"]["isa"] == cpu["isa"]
     assert got["versions"]["opencv"] == cv2.__version__
     assert f"OpenCV {cv2.__version__}" in res.with_suffix(".md").read_text()
 

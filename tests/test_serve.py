@@ -45,8 +45,9 @@ def model():
 def video(tmp_path_factory, shared_data):
     """A 640x480 mp4 of 18,000 frames (600 s at 30 FPS): enough for about five rounds of the unpaced FPS windows
     at ~1,300 FPS (the test stops its rounds before the file ends), and for a --realtime camera that outlives the
-    other tests; encoding costs ~2 ms a frame, so more frames would cost the suite more than they tell. Garments from real test photos, moving a pixel
-    every 15 frames (unchanged frames keep the encoding, which takes most of this fixture's time, short)."""
+    other tests; encoding costs ~2 ms a frame, so more frames would cost the suite more than they tell. Garments
+    from real test photos, moving a pixel every 15 frames (unchanged frames keep the encoding, which takes most
+    of this fixture's time, short)."""
     root = shared_data / "clothing-small" / "test"
     photos = [sorted(c.glob("*.jpg"))[0] for c in sorted(root.iterdir()) if c.is_dir()]
     imgs = [cv2.resize(cv2.imread(str(p)), (360, 360)) for p in photos]

@@ -91,9 +91,10 @@ def _can_extend(run_dir: Path, epochs: int) -> bool:
             and config.get("scheduler") != "cosine" and (run_dir / LAST_CHECKPOINT).exists())
 
 
-def _needs_qat(export_dir: Path, above_pp: float) -> bool:
+def _static_drop(export_dir: Path) -> float | None:
+    """How many points the folder's static INT8 file loses against FP32; None without a static INT8 file."""
     rep = ExportReport.read(export_dir / REPORT_JSON)
-    return bool(rep.int8) and rep.int8.get("mode") == "static" and (rep.accuracy_drop_pp or 0.0) > above_pp
+    return (rep.accuracy_drop_pp or 0.0) if rep.int8 and rep.int8.get("mode") == "static" else None
 
 
 def _row(model: str, run_dir: Path, export_dir: Path, qat_dir: Path | None = None,
@@ -225,10 +226,10 @@ def reproduce(suite: str, *, out: str | Path | None = None, table_dir: str | Pat
             export_checkpoint(run_dir, export_dir, quantize=get_entry(model).quantize, allow_drop=True, data_dir=data_dir,
                               cpu_check=False, log=lambda *a: None)
         qat_dir = run_dir / QAT_DIR
-        if qat and _needs_qat(export_dir, qat_above_pp):
+        drop = _static_drop(export_dir) if qat else None
+        if drop is not None and drop > qat_above_pp:
             if not (qat_dir / RESULTS_JSON).exists():
-                log(f"[{i}/{len(names)}] {model}: static INT8 loses "
-                    f"{ExportReport.read(export_dir / REPORT_JSON).accuracy_drop_pp:.2f} points: "
+                log(f"[{i}/{len(names)}] {model}: static INT8 loses {drop:.2f} points: "
                     f"quantization-aware training, {QAT_EPOCHS} epochs")
                 fit(TrainConfig(model=model, data=spec["data"], data_dir=data_dir, device=device,
                                 epochs=QAT_EPOCHS, lr=QAT_LR, limit=limit, img_size=sizes[model],
