@@ -144,6 +144,10 @@ def zoo(domain, as_json):
 @click.option("--empty-weight", type=float, default=0.5, show_default=True,
               help="The weight of an empty frame's loss (its distance from the uniform distribution) against a "
                    "garment's: higher rejects empty scenes more firmly, at some cost in garment confidence.")
+@click.option("--empty-loss", type=click.Choice(["uniform", "energy"]), default="uniform", show_default=True,
+              help="What empty frames are trained towards: uniform, the uniform distribution (outlier exposure); "
+                   "energy, P(garment) = sigmoid(logsumexp(logits)) by binary cross-entropy on every row, the "
+                   "score the camera's --background-logit rule thresholds.")
 @click.option("--img-size", type=int, default=None, help="Square input size [default: the model's].")
 @click.option("--in-chans", type=click.Choice(["1", "3"]), default=None, help="[default: 1 for Fashion-MNIST, 3 for photos]")
 @click.option("--val-fraction", type=float, default=0.2, show_default=True,
@@ -170,7 +174,7 @@ def zoo(domain, as_json):
                    "--batch-size is per process.")
 @_fails_with_message(_training_errors, interrupt=True)
 def train(model, data, data_dir, epochs, batch_size, lr, optimizer, momentum, weight_decay, scheduler,
-          warmup_epochs, early_stopping, patience, augment, label_smoothing, mixup, cutmix, empty_frames, empty_weight, img_size,
+          warmup_epochs, early_stopping, patience, augment, label_smoothing, mixup, cutmix, empty_frames, empty_weight, empty_loss, img_size,
           in_chans, val_fraction, limit, seed, device, no_amp, cpu_bf16, pretrained, init_weights, qat, out, resume, quiet, nproc):
     """Train a zoo model; writes a run folder with config.json, metrics.csv, best.pt, last.pt, results.json,
     curves.png and confusion_matrix.png.
@@ -192,7 +196,7 @@ def train(model, data, data_dir, epochs, batch_size, lr, optimizer, momentum, we
                       optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, scheduler=scheduler,
                       warmup_epochs=warmup_epochs, early_stopping=early_stopping, patience=patience,
                       augment=augment, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix, empty_frames=empty_frames,
-                      empty_weight=empty_weight, img_size=img_size, in_chans=int(in_chans) if in_chans else None, val_fraction=val_fraction, limit=limit,
+                      empty_weight=empty_weight, empty_loss=empty_loss, img_size=img_size, in_chans=int(in_chans) if in_chans else None, val_fraction=val_fraction, limit=limit,
                       seed=seed, device=device, amp=not no_amp, cpu_bf16=cpu_bf16, pretrained=pretrained, init_weights=init_weights,
                       qat=qat)
     fit(cfg, out, resume=resume, progress=not quiet)

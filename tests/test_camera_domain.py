@@ -136,6 +136,55 @@ def test_empty_frames_hold_no_garment_and_are_trained_towards_uncertain(tmp_path
     assert 0 <= train_acc <= 1 and 0 <= res.test_accuracy <= 1
 
 
+def test_energy_loss_trains_the_score_the_camera_thresholds_where_outlier_exposure_cannot():
+    from edgefashion.meta import photo_meta
+    from edgefashion.training.train import TrainConfig, batch_loss, resolve_config
+    meta = photo_meta("x", [str(i) for i in range(10)], 48)
+    xb = torch.from_numpy(np.stack([_blob_on_bed(i, 48)[0][:, :, ::-1] for i in range(16)]).transpose(0, 3, 1, 2).copy())
+    yb = torch.arange(16) % 10
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), torch.nn.Linear(48, 10))
+
+    def loss(kind, shift=0.0):
+        cfg = TrainConfig(model="x", augment="camera", empty_frames=0.5, empty_weight=1.0, empty_loss=kind,
+                          mixup=0.0, cutmix=0.0, label_smoothing=0.0)
+        with torch.no_grad():
+            model[2].bias += shift
+        try:
+            return float(batch_loss(model, xb, yb, meta, cfg, torch.Generator().manual_seed(5))[0])
+        finally:
+            with torch.no_grad():
+                model[2].bias -= shift
+    # Moving every logit by the same amount moves the energy score, not the softmax: outlier exposure cannot see
+    # it (the same loss), the energy loss does.
+    assert loss("uniform", 3.0) == pytest.approx(loss("uniform"), rel=1e-5)
+    assert abs(loss("energy", 3.0) - loss("energy")) > 1e-2
+    # Per row, the loss's gradient summed over the classes: how a step moves that row's logsumexp. Gradient
+    # descent must raise it on garment rows and lower it on empty rows; outlier exposure leaves it alone.
+    seen = {}
+
+    class Keep(torch.nn.Module):
+        def forward(self, z):
+            z.retain_grad()
+            seen["z"] = z
+            return z
+    model.append(Keep())
+    for kind in ("energy", "uniform"):
+        cfg = TrainConfig(model="x", augment="camera", empty_frames=0.5, empty_weight=1.0, empty_loss=kind,
+                          mixup=0.0, cutmix=0.0, label_smoothing=0.0)
+        out, _, y = batch_loss(model, xb, yb, meta, cfg, torch.Generator().manual_seed(5))
+        out.backward()
+        push = seen["z"].grad.sum(1)
+        ng = len(y)
+        assert 0 < ng < len(xb)  # garment rows first, then the empty ones
+        if kind == "energy":
+            assert (push[:ng] < 0).all() and (push[ng:] > 0).all()
+        else:
+            assert push[ng:].abs().max() < 1e-7
+    with pytest.raises(ValueError, match="empty_loss"):
+        resolve_config(TrainConfig(model="resnet10", data="clothing-small", augment="camera", empty_loss="hinge"))
+
+
 def test_benchmark_video_is_labelled_and_scored(tmp_path):
     if not (data_root() / "clothing-small").is_dir():
         pytest.skip("clothing-small not found: set EDGEFASHION_DATA")
@@ -158,6 +207,9 @@ def test_benchmark_video_is_labelled_and_scored(tmp_path):
     s = run.score(frames, labels, 0.5)
     assert s["frame_accuracy"] == s["item_majority_accuracy"] == s["background_uncertain"] == 1.0
     assert s["items"] == 4 and s["garment_frames"] == 12
+    assert s["garment_auroc"] == 1.0  # every garment frame surer than every background frame
+    assert run.auroc([0.5, 0.5], [0.5]) == 0.5 and run.auroc([0.1], [0.9, 0.2]) == 0.0
+    assert run.auroc([0.3, 0.8], [0.3, 0.5]) == pytest.approx((0.5 + 0 + 1 + 1) / 4)
     s = run.score(frames, labels, 0.95)  # too strict a threshold: every garment frame is 'uncertain'
     assert s["frame_accuracy"] == 0 and s["garment_uncertain"] == 1 and s["frame_top1"] == 1
     # Calibration: the loosest threshold that still calls the background 'uncertain' wins (best items, then frames).

@@ -9,6 +9,8 @@ probability that a garment is there, the camera's JSON "garment"):
 - frame_top1: garment frames whose top label is right, uncertain or not;
 - garment_uncertain: garment frames showing 'uncertain';
 - background_uncertain: background-only frames showing 'uncertain' (the right answer there);
+- garment_auroc: how well the confidence alone tells garment frames from background-only ones, at any
+  threshold (the chance that a garment frame's confidence beats a background frame's; ties count half);
 - fps: the camera's own frames per second (decode + preprocess + inference + JSON, 1 thread).
 The camera's JSON carries the smoothed top-3, so other thresholds are scored from the same run (`sweep`).
 
@@ -77,8 +79,27 @@ def score(frames: list, labels: dict, threshold: float) -> dict:
         "frame_top1": round(sum(top1[i] == truth[i] for i in g) / len(g), 4),
         "garment_uncertain": round(sum(shown[i] == "uncertain" for i in g) / len(g), 4),
         "background_uncertain": round(sum(shown[i] == "uncertain" for i in b) / len(b), 4) if b else None,
+        "garment_auroc": auroc([confidence(frames[i]) for i in g], [confidence(frames[i]) for i in b]),
         "garment_frames": len(g), "background_frames": len(b), "items": len(majority),
     }
+
+
+def auroc(pos: list, neg: list) -> "float | None":
+    """P(a positive's score > a negative's), ties counting half: the Mann-Whitney statistic over n_pos x n_neg."""
+    if not pos or not neg:
+        return None
+    order = sorted([(v, 1) for v in pos] + [(v, 0) for v in neg])
+    i = 0
+    rank_sum = 0.0
+    while i < len(order):
+        j = i
+        while j < len(order) and order[j][0] == order[i][0]:
+            j += 1
+        mid = (i + j + 1) / 2  # the mean 1-based rank of a run of ties
+        rank_sum += mid * sum(lab for _, lab in order[i:j])
+        i = j
+    n1, n0 = len(pos), len(neg)
+    return round((rank_sum - n1 * (n1 + 1) / 2) / (n1 * n0), 4)
 
 
 def confidence(frame: dict) -> float:
@@ -159,6 +180,11 @@ def calibrate(frames_by_setting: dict, labels: dict) -> dict:
                                  for t in candidate_thresholds(frames, labels)])
 
 
+def _auroc(scores: dict) -> str:
+    v = scores.get("garment_auroc")  # results recorded before it was scored lack it
+    return "" if v is None else f"{v:.3f}"
+
+
 def _b(d: dict) -> str:
     """The background-logit cell: '-' for the top-probability rule."""
     return "-" if d.get("background_logit") is None else f"{d['background_logit']:g}"
@@ -171,13 +197,13 @@ def write_md(results: dict, path: Path) -> None:
              f"`edgefashion camera --headless --json --threads 1` with each row's roi, smoothing, temperature and threshold "
              f"('model': the file's own camera defaults). Made by `{results['command']}` on {machine_text(results)}.", "",
              "| model | roi | smooth | T | B | threshold | frames right | item majority right | top-1 (any confidence) | garment uncertain "
-             "| background uncertain | FPS |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| background uncertain | garment vs background AUROC | FPS |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results["runs"]:
         s = r["scores"]
         lines.append(f"| {r['name']} | {r['roi']} | {r['smooth']} | {r.get('temperature', 1.0)} | {_b(r)} | {s['threshold']} | {s['frame_accuracy']:.1%} | {s['item_majority_accuracy']:.1%} | "
                      f"{s['frame_top1']:.1%} | {s['garment_uncertain']:.1%} | {s['background_uncertain']:.1%} | "
-                     f"{r['fps']} |")
+                     f"{_auroc(s)} | {r['fps']} |")
     if results.get("demo"):
         lines += ["", "The demo (`edgefashion camera --source demo`: the package's 50 test photos over held-out scenes), "
                       "each model with its own camera defaults:", "",

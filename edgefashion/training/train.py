@@ -40,6 +40,8 @@ CHECKPOINT_VERSION = 1
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("plateau", "cosine", "none")
 CAMERA_EMPTY_FRAMES = 0.1
+# What an empty frame is trained towards (TrainConfig.empty_loss).
+EMPTY_LOSSES = ("uniform", "energy")
 
 
 class TrainingError(RuntimeError):
@@ -77,6 +79,15 @@ class TrainConfig:
     # camera augmentation, else 0.
     empty_frames: float | None = None
     empty_weight: float = 0.5
+    # "uniform": outlier exposure (Hendrycks et al. 2019), an empty frame's target is the uniform distribution.
+    # "energy": the camera's own rule is trained instead: P(garment) = sigmoid(logsumexp(logits)) is pushed
+    # towards 1 on garment rows and 0 on empty rows by binary cross-entropy. Cross-entropy to the uniform
+    # distribution does not change when every logit moves by the same amount, so outlier exposure teaches an
+    # empty scene equal logits but not small ones, and the energy score the camera thresholds
+    # (meta.DEFAULT_BACKGROUND_LOGIT) is only trained by accident; this trains it directly (the energy-bounded
+    # fine-tuning of Liu et al., NeurIPS 2020, with a logistic loss in place of their squared hinges, so that
+    # no margins need choosing: the model's output bias learns the offset, and T and B are calibrated after).
+    empty_loss: str = "uniform"
     val_fraction: float = 0.2
     # Of train, for data sets that ship no test split (carved before val; see data/splits.py).
     test_fraction: float = 0.2
@@ -130,6 +141,8 @@ def resolve_config(cfg: TrainConfig, data_kind: str | None = None) -> TrainConfi
         raise ValueError(f"empty_weight must be >= 0, got {out.empty_weight}")
     if out.empty_frames and out.augment != "camera":
         raise ValueError(f"empty frames are made by --augment camera, not {out.augment!r}")
+    if out.empty_loss not in EMPTY_LOSSES:
+        raise ValueError(f"unknown empty_loss {out.empty_loss!r}; choose from {EMPTY_LOSSES}")
     if not 0 < out.val_fraction < 1:
         raise ValueError(f"val_fraction must be between 0 and 1, got {out.val_fraction}")
     if not 0 <= out.test_fraction < 1:
@@ -355,7 +368,12 @@ def batch_loss(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, meta: Model
         loss = F.cross_entropy(lg, y, label_smoothing=cfg.label_smoothing) if ng else lg.sum()
         if y2 is not None and ng:
             loss = lam * loss + (1 - lam) * F.cross_entropy(lg, y2, label_smoothing=cfg.label_smoothing)
-        if ng < len(x):
+        if ng < len(x) and cfg.empty_loss == "energy":
+            # Every row, garment (target 1) or empty (0), scores P(garment) = sigmoid(logsumexp(logits)).
+            target = torch.cat([torch.ones(ng, device=device), torch.zeros(len(x) - ng, device=device)])
+            bce = F.binary_cross_entropy_with_logits(logits.float().logsumexp(1), target, reduction="sum")
+            loss = (loss * ng + cfg.empty_weight * bce) / len(x)
+        elif ng < len(x):
             # Outlier exposure (Hendrycks et al. 2019): an empty scene's target is the uniform distribution, so
             # its top probability stays under the camera's threshold: 'uncertain'.
             away = -logits[ng:].float().log_softmax(1).mean(1)
