@@ -9,8 +9,9 @@ probability that a garment is there, the camera's JSON "garment"):
 - frame_top1: garment frames whose top label is right, uncertain or not;
 - garment_uncertain: garment frames showing 'uncertain';
 - background_uncertain: background-only frames showing 'uncertain' (the right answer there);
-- garment_auroc: how well the confidence alone tells garment frames from background-only ones, at any
-  threshold (the chance that a garment frame's confidence beats a background frame's; ties count half);
+- garment_auroc (per run, not per threshold): how well the confidence alone tells garment frames from
+  background-only ones, at any threshold (the chance that a garment frame's confidence beats a background
+  frame's; ties count half);
 - fps: the camera's own frames per second (decode + preprocess + inference + JSON, 1 thread).
 The camera's JSON carries the smoothed top-3, so other thresholds are scored from the same run (`sweep`).
 
@@ -25,6 +26,7 @@ import os
 import subprocess
 import sys
 import time
+from bisect import bisect_left, bisect_right
 from collections import Counter
 from pathlib import Path
 
@@ -79,27 +81,24 @@ def score(frames: list, labels: dict, threshold: float) -> dict:
         "frame_top1": round(sum(top1[i] == truth[i] for i in g) / len(g), 4),
         "garment_uncertain": round(sum(shown[i] == "uncertain" for i in g) / len(g), 4),
         "background_uncertain": round(sum(shown[i] == "uncertain" for i in b) / len(b), 4) if b else None,
-        "garment_auroc": auroc([confidence(frames[i]) for i in g], [confidence(frames[i]) for i in b]),
         "garment_frames": len(g), "background_frames": len(b), "items": len(majority),
     }
 
 
 def auroc(pos: list, neg: list) -> "float | None":
-    """P(a positive's score > a negative's), ties counting half: the Mann-Whitney statistic over n_pos x n_neg."""
+    """P(a positive's score > a negative's), ties counting half (the Mann-Whitney statistic)."""
     if not pos or not neg:
         return None
-    order = sorted([(v, 1) for v in pos] + [(v, 0) for v in neg])
-    i = 0
-    rank_sum = 0.0
-    while i < len(order):
-        j = i
-        while j < len(order) and order[j][0] == order[i][0]:
-            j += 1
-        mid = (i + j + 1) / 2  # the mean 1-based rank of a run of ties
-        rank_sum += mid * sum(lab for _, lab in order[i:j])
-        i = j
-    n1, n0 = len(pos), len(neg)
-    return round((rank_sum - n1 * (n1 + 1) / 2) / (n1 * n0), 4)
+    neg = sorted(neg)
+    wins = sum(bisect_left(neg, v) + (bisect_right(neg, v) - bisect_left(neg, v)) / 2 for v in pos)
+    return round(wins / (len(pos) * len(neg)), 4)
+
+
+def separation(frames: list, labels: dict) -> "float | None":
+    """garment_auroc of one run: its garment frames' confidences against its background-only frames'."""
+    truth = labels["truth"]
+    return auroc([confidence(f) for f, t in zip(frames, truth) if t is not None],
+                 [confidence(f) for f, t in zip(frames, truth) if t is None])
 
 
 def confidence(frame: dict) -> float:
@@ -180,8 +179,8 @@ def calibrate(frames_by_setting: dict, labels: dict) -> dict:
                                  for t in candidate_thresholds(frames, labels)])
 
 
-def _auroc(scores: dict) -> str:
-    v = scores.get("garment_auroc")  # results recorded before it was scored lack it
+def _auroc(run: dict) -> str:
+    v = run.get("garment_auroc")  # results recorded before it was scored lack it
     return "" if v is None else f"{v:.3f}"
 
 
@@ -203,7 +202,7 @@ def write_md(results: dict, path: Path) -> None:
         s = r["scores"]
         lines.append(f"| {r['name']} | {r['roi']} | {r['smooth']} | {r.get('temperature', 1.0)} | {_b(r)} | {s['threshold']} | {s['frame_accuracy']:.1%} | {s['item_majority_accuracy']:.1%} | "
                      f"{s['frame_top1']:.1%} | {s['garment_uncertain']:.1%} | {s['background_uncertain']:.1%} | "
-                     f"{_auroc(s)} | {r['fps']} |")
+                     f"{_auroc(r)} | {r['fps']} |")
     if results.get("demo"):
         lines += ["", "The demo (`edgefashion camera --source demo`: the package's 50 test photos over held-out scenes), "
                       "each model with its own camera defaults:", "",
@@ -329,7 +328,7 @@ def main() -> None:
             frames_of[(name, roi, smooth, temp, bgl)] = frames
             s = score(frames, labels, summary["threshold"])
             runs.append({"name": name, "model": str(model), "roi": roi, "smooth": smooth, "temperature": temp,
-                         "background_logit": bgl, "scores": s,
+                         "background_logit": bgl, "scores": s, "garment_auroc": separation(frames, labels),
                          "fps": summary["fps"],
                          "latency_ms": summary["latency_ms"], "sweep": [score(frames, labels, th) for th in SWEEP],
                          "command": " ".join(["edgefashion", *cmd[3:]])})

@@ -368,15 +368,15 @@ def batch_loss(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, meta: Model
         loss = F.cross_entropy(lg, y, label_smoothing=cfg.label_smoothing) if ng else lg.sum()
         if y2 is not None and ng:
             loss = lam * loss + (1 - lam) * F.cross_entropy(lg, y2, label_smoothing=cfg.label_smoothing)
-        if ng < len(x) and cfg.empty_loss == "energy":
-            # Every row, garment (target 1) or empty (0), scores P(garment) = sigmoid(logsumexp(logits)).
-            target = torch.cat([torch.ones(ng, device=device), torch.zeros(len(x) - ng, device=device)])
-            bce = F.binary_cross_entropy_with_logits(logits.float().logsumexp(1), target, reduction="sum")
-            loss = (loss * ng + cfg.empty_weight * bce) / len(x)
-        elif ng < len(x):
-            # Outlier exposure (Hendrycks et al. 2019): an empty scene's target is the uniform distribution, so
-            # its top probability stays under the camera's threshold: 'uncertain'.
-            away = -logits[ng:].float().log_softmax(1).mean(1)
+        if ng < len(x):
+            if cfg.empty_loss == "energy":
+                # Every row, garment (target 1) or empty (0), scores P(garment) = sigmoid(logsumexp(logits)).
+                target = torch.cat([torch.ones(ng, device=device), torch.zeros(len(x) - ng, device=device)])
+                away = F.binary_cross_entropy_with_logits(logits.float().logsumexp(1), target, reduction="none")
+            else:
+                # Outlier exposure (Hendrycks et al. 2019): an empty scene's target is the uniform distribution,
+                # so its top probability stays under the camera's threshold: 'uncertain'.
+                away = -logits[ng:].float().log_softmax(1).mean(1)
             loss = (loss * ng + cfg.empty_weight * away.sum()) / len(x)
     return loss, lg, y
 
