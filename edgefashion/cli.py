@@ -153,7 +153,11 @@ def zoo(domain, as_json):
 @click.option("--val-fraction", type=float, default=0.2, show_default=True,
               help="Share of train held out for validation when the set ships no validation split.")
 @click.option("--limit", type=int, default=None, help="At most N images per split (stratified): quick runs.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Initialisation, batch order and augmentation; also the split's seed unless --split-seed.")
+@click.option("--split-seed", type=int, default=None,
+              help="Seed of the validation (and test) split carved from train [default: --seed]: runs with other "
+                   "--seed but one --split-seed hold out the same images, so `edgefashion ensemble` can join them.")
 @click.option("--device", default="auto", show_default=True, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps.")
 @click.option("--no-amp", is_flag=True, help="Full precision on CUDA (mixed precision is the default there).")
 @click.option("--bf16", "cpu_bf16", is_flag=True,
@@ -175,7 +179,7 @@ def zoo(domain, as_json):
 @_fails_with_message(_training_errors, interrupt=True)
 def train(model, data, data_dir, epochs, batch_size, lr, optimizer, momentum, weight_decay, scheduler,
           warmup_epochs, early_stopping, patience, augment, label_smoothing, mixup, cutmix, empty_frames, empty_weight, empty_loss, img_size,
-          in_chans, val_fraction, limit, seed, device, no_amp, cpu_bf16, pretrained, init_weights, qat, out, resume, quiet, nproc):
+          in_chans, val_fraction, limit, seed, split_seed, device, no_amp, cpu_bf16, pretrained, init_weights, qat, out, resume, quiet, nproc):
     """Train a zoo model; writes a run folder with config.json, metrics.csv, best.pt, last.pt, results.json,
     curves.png and confusion_matrix.png.
 
@@ -197,7 +201,7 @@ def train(model, data, data_dir, epochs, batch_size, lr, optimizer, momentum, we
                       warmup_epochs=warmup_epochs, early_stopping=early_stopping, patience=patience,
                       augment=augment, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix, empty_frames=empty_frames,
                       empty_weight=empty_weight, empty_loss=empty_loss, img_size=img_size, in_chans=int(in_chans) if in_chans else None, val_fraction=val_fraction, limit=limit,
-                      seed=seed, device=device, amp=not no_amp, cpu_bf16=cpu_bf16, pretrained=pretrained, init_weights=init_weights,
+                      seed=seed, split_seed=split_seed, device=device, amp=not no_amp, cpu_bf16=cpu_bf16, pretrained=pretrained, init_weights=init_weights,
                       qat=qat)
     fit(cfg, out, resume=resume, progress=not quiet)
 

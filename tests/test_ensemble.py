@@ -61,6 +61,22 @@ def test_ensemble_cli_scores_exports_and_runs(members, tmp_path):
     assert got["accuracy"] > 0.5
 
 
+def test_split_seed_gives_members_of_other_seeds_the_same_held_out_images(members, tmp_path, shared_data):
+    """`train --seed 1 --split-seed 0`: another initialisation and batch order, seed 0's validation images, so
+    it joins a seed-0 run; the same run without --split-seed holds out other images and is refused."""
+    run = tmp_path / "seed1"
+    run_cli("train", "--model", "cnn4", "--data", "fashion-mnist", "--data-dir", shared_data, "--epochs", "1",
+            "--limit", "1500", "--batch-size", "64", "--seed", "1", "--split-seed", "0", "--out", run, "--quiet")
+    a, c = load_checkpoint(members["a"]), load_checkpoint(run)
+    assert c["config"]["seed"] == 1 and c["config"]["split_seed"] == 0
+    assert c["meta"]["split"] == a["meta"]["split"] and c["meta"]["split"]["seed"] == 0
+    assert not torch.equal(a["state_dict"]["features.0.weight"], c["state_dict"]["features.0.weight"])
+    run_cli("ensemble", members["a"], run, "--out", tmp_path / "ens")
+    assert json.loads((tmp_path / "ens" / "results.json").read_text())["model"] == "ensemble-2xcnn4"
+    bad = run_cli("ensemble", members["a"], members["other-split"], run, "--out", tmp_path / "x", check=False)
+    assert bad.returncode == 1 and "other-split" in bad.stderr
+
+
 def test_ensemble_refuses_members_that_do_not_fit(members, tmp_path):
     # Other validation/test images: the test figure would score images a member trained on.
     bad = run_cli("ensemble", members["a"], members["other-split"], "--out", tmp_path / "x", check=False)

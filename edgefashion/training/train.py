@@ -93,6 +93,10 @@ class TrainConfig:
     test_fraction: float = 0.2
     limit: int | None = None  # at most this many images per split (stratified, seeded): quick runs and tests
     seed: int = 0
+    # The seed that carves the splits a data set does not ship; None: `seed`. Runs that differ only in `seed`
+    # (initialisation, batch order, augmentation) but share `split_seed` hold out the same images, so they can
+    # be joined by `edgefashion ensemble`, whose test figure must not score an image some member trained on.
+    split_seed: int | None = None
     device: str = "auto"
     amp: bool = True  # mixed precision on CUDA only
     # bfloat16 autocast on a CPU that computes it natively (AVX512-BF16 or AMX); off by default, as it changes
@@ -161,6 +165,8 @@ def split_spec(cfg: TrainConfig | dict) -> SplitSpec:
     """The SplitSpec of a run: how its data set's unshipped splits are carved. Takes a TrainConfig or the
     config dict a checkpoint records (older ones lack test_fraction: the default applies)."""
     d = asdict(cfg) if isinstance(cfg, TrainConfig) else dict(cfg or {})
+    if d.get("split_seed") is not None:
+        d["seed"] = d["split_seed"]
     return SplitSpec.from_dict(d)
 
 
