@@ -169,6 +169,14 @@ def zoo(domain, as_json):
 @click.option("--qat", is_flag=True,
               help="Quantization-aware training: fine-tune the --init-weights model with fake quantization "
                    "(a few epochs at a low --lr); `export` then writes its INT8 file from it instead of calibrating.")
+@click.option("--teacher", type=click.Path(exists=True), default=None,
+              help="Knowledge distillation: a trained checkpoint or run folder (an `edgefashion ensemble` one too) "
+                   "whose answers on each augmented batch the model learns, so that one model of its own size "
+                   "carries most of a larger teacher's accuracy.")
+@click.option("--distill-weight", type=float, default=1.0, show_default=True,
+              help="With --teacher: the teacher's share of the loss against the labels' (1: its answers alone).")
+@click.option("--distill-temperature", type=float, default=1.0, show_default=True,
+              help="With --teacher: the softmax temperature of both models' answers in the distillation loss.")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
               help="Run folder [default: runs/<model>-<data>, numbered if it exists].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
@@ -179,7 +187,8 @@ def zoo(domain, as_json):
 @_fails_with_message(_training_errors, interrupt=True)
 def train(model, data, data_dir, epochs, batch_size, lr, optimizer, momentum, weight_decay, scheduler,
           warmup_epochs, early_stopping, patience, augment, label_smoothing, mixup, cutmix, empty_frames, empty_weight, empty_loss, img_size,
-          in_chans, val_fraction, limit, seed, split_seed, device, no_amp, cpu_bf16, pretrained, init_weights, qat, out, resume, quiet, nproc):
+          in_chans, val_fraction, limit, seed, split_seed, device, no_amp, cpu_bf16, pretrained, init_weights, qat, teacher,
+          distill_weight, distill_temperature, out, resume, quiet, nproc):
     """Train a zoo model; writes a run folder with config.json, metrics.csv, best.pt, last.pt, results.json,
     curves.png and confusion_matrix.png.
 
@@ -187,6 +196,7 @@ def train(model, data, data_dir, epochs, batch_size, lr, optimizer, momentum, we
     edgefashion train --model cnn4 --data fashion-mnist --epochs 3
     edgefashion train --model seq5 --data clothing-small --img-size 96 --epochs 2
     edgefashion train --resume --out runs/cnn4-fashion-mnist
+    edgefashion train --model resnet10 --data clothing-small --teacher runs/ens --out runs/resnet10-distilled
     edgefashion train --model mobilenetv3-small --data clothing-small --img-size 64 --qat \\
         --init-weights runs/mobilenetv3-small-clothing-small/best.pt --epochs 4 --lr 1e-4
     torchrun --nproc_per_node 4 -m edgefashion train --model resnet18 --data clothing-small
@@ -202,7 +212,7 @@ def train(model, data, data_dir, epochs, batch_size, lr, optimizer, momentum, we
                       augment=augment, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix, empty_frames=empty_frames,
                       empty_weight=empty_weight, empty_loss=empty_loss, img_size=img_size, in_chans=int(in_chans) if in_chans else None, val_fraction=val_fraction, limit=limit,
                       seed=seed, split_seed=split_seed, device=device, amp=not no_amp, cpu_bf16=cpu_bf16, pretrained=pretrained, init_weights=init_weights,
-                      qat=qat)
+                      qat=qat, teacher=teacher, distill_weight=distill_weight, distill_temperature=distill_temperature)
     fit(cfg, out, resume=resume, progress=not quiet)
 
 

@@ -28,12 +28,12 @@ from .. import data as efdata
 from ..data.splits import SplitSpec
 from ..files import sha256_file
 from ..meta import ModelMeta
-from ..names import BEST_CHECKPOINT, CHECKPOINTS, RESULTS_JSON, TEST, TRAIN, VAL
+from ..names import BEST_CHECKPOINT, RESULTS_JSON, TEST, TRAIN, VAL
 from ..reports import TrainReport
 from . import qat
 from .datasets import load_data
-from .train import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, checkpoint_split, evaluate, load_checkpoint,
-                    model_from_checkpoint, save_checkpoint)
+from .train import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, checkpoint_file, checkpoint_split, evaluate,
+                    load_checkpoint, model_from_checkpoint, save_checkpoint)
 from .zoo import count_params, create_model
 
 ENSEMBLE = "ensemble"
@@ -155,7 +155,7 @@ def make_checkpoint(paths: Sequence[str | Path], data_dir: str | None = None) ->
                                 "split": checkpoint_split(first).to_dict()})
     model = Ensemble(models).eval()
     members = [{"model": c["model"], "model_args": c["model_args"]} for _, c in loaded]
-    sources = [{"file": _file_of(p).name, "sha256": sha256_file(_file_of(p)), "model": c["model"],
+    sources = [{"file": checkpoint_file(p).name, "sha256": sha256_file(checkpoint_file(p)), "model": c["model"],
                 "epoch": c.get("epoch"), "train_seconds": c.get("train_seconds"),
                 "best_val_accuracy": (c.get("best") or {}).get("val_acc")} for p, c in loaded]
     ckpt = {
@@ -167,13 +167,6 @@ def make_checkpoint(paths: Sequence[str | Path], data_dir: str | None = None) ->
         "train_seconds": sum(float(c.get("train_seconds") or 0) for _, c in loaded),
     }
     return ckpt, model
-
-
-def _file_of(path: Path) -> Path:
-    """The file load_checkpoint read for `path` (a run folder: its best.pt, else last.pt)."""
-    if path.is_dir():
-        return next(path / n for n in CHECKPOINTS if (path / n).is_file())
-    return path
 
 
 def score(ckpt: dict, model: Ensemble, *, data_dir: str | None, log=print) -> TrainReport:

@@ -110,6 +110,12 @@ class TrainConfig:
     # Quantization-aware training (qat.py): fine-tune the --init-weights model with fake quantization; the
     # export then writes its INT8 file from the fake quantization instead of calibrating.
     qat: bool = False
+    # Knowledge distillation (distill.py): a trained checkpoint (an ensemble's too) whose answers on each
+    # augmented batch the student learns, weighted against the labels by distill_weight (1.0: the teacher's
+    # answers alone), both softened by distill_temperature.
+    teacher: str | None = None
+    distill_weight: float = 1.0
+    distill_temperature: float = 1.0
 
 
 def resolve_config(cfg: TrainConfig, data_kind: str | None = None) -> TrainConfig:
@@ -158,6 +164,10 @@ def resolve_config(cfg: TrainConfig, data_kind: str | None = None) -> TrainConfi
         raise ValueError("--bf16 and --qat: fake quantization models float32 arithmetic; train it without --bf16")
     if out.qat and not out.init_weights:
         raise ValueError("--qat fine-tunes a trained model: give it one with --init-weights CHECKPOINT")
+    if not 0 <= out.distill_weight <= 1:
+        raise ValueError(f"distill_weight must be in [0, 1], got {out.distill_weight}")
+    if not out.distill_temperature > 0:
+        raise ValueError(f"distill_temperature must be > 0, got {out.distill_temperature}")
     return out
 
 
@@ -200,16 +210,21 @@ def save_checkpoint(path: Path, ckpt: dict) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with weights_only=True (no pickled code runs) and check it is ours."""
+def checkpoint_file(path: str | Path) -> Path:
+    """The file a checkpoint argument names: itself, or a run folder's best.pt, else its last.pt."""
     path = Path(path)
     if path.is_dir():
         for name in CHECKPOINTS:
             if (path / name).is_file():
-                path = path / name
-                break
-        else:
-            raise TrainingError(f"{path}: no best.pt or last.pt in this folder")
+                return path / name
+        raise TrainingError(f"{path}: no best.pt or last.pt in this folder")
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint (a file, or a run folder's best.pt, else last.pt) with weights_only=True (no pickled
+    code runs) and check it is ours."""
+    path = checkpoint_file(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
@@ -353,9 +368,11 @@ def _log(*args) -> None:
 
 
 def batch_loss(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, meta: ModelMeta, cfg: TrainConfig,
-               g: torch.Generator, *, channels_last: bool = False) -> "tuple[torch.Tensor, torch.Tensor, torch.Tensor]":
+               g: torch.Generator, *, channels_last: bool = False,
+               teacher: nn.Module | None = None) -> "tuple[torch.Tensor, torch.Tensor, torch.Tensor]":
     """One training batch through augmentation, mixing and the model: (loss, the garment rows' logits, their
-    labels). With --empty-frames some rows become garment-free scenes, which have no label."""
+    labels). With --empty-frames some rows become garment-free scenes, which have no label. With a `teacher`,
+    every row also learns the teacher's answer on that same augmented row (distill.py)."""
     device = xb.device
     empty = torch.rand(len(yb), generator=g, device=device) < cfg.empty_frames if cfg.empty_frames else None
     x = batch_to_input(xb, meta, cfg.augment, g, empty=empty)
@@ -374,6 +391,14 @@ def batch_loss(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, meta: Model
         loss = F.cross_entropy(lg, y, label_smoothing=cfg.label_smoothing) if ng else lg.sum()
         if y2 is not None and ng:
             loss = lam * loss + (1 - lam) * F.cross_entropy(lg, y2, label_smoothing=cfg.label_smoothing)
+        kd = None
+        if teacher is not None:
+            from .distill import kd_loss
+            with torch.no_grad():
+                t_logits = teacher(x)
+            kd = cfg.distill_weight * kd_loss(logits, t_logits, cfg.distill_temperature)
+            if ng:
+                loss = (1 - cfg.distill_weight) * loss + kd[:ng].mean()
         if ng < len(x):
             if cfg.empty_loss == "energy":
                 # Every row, garment (target 1) or empty (0), scores P(garment) = sigmoid(logsumexp(logits)).
@@ -383,13 +408,15 @@ def batch_loss(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, meta: Model
                 # Outlier exposure (Hendrycks et al. 2019): an empty scene's target is the uniform distribution,
                 # so its top probability stays under the camera's threshold: 'uncertain'.
                 away = -logits[ng:].float().log_softmax(1).mean(1)
-            loss = (loss * ng + cfg.empty_weight * away.sum()) / len(x)
+            empty_sum = cfg.empty_weight * away.sum() + (kd[ng:].sum() if kd is not None else 0.0)
+            loss = (loss * ng + empty_sum) / len(x)
     return loss, lg, y
 
 
 def train_one_epoch(model: nn.Module, split: Split, meta: ModelMeta, optimizer: torch.optim.Optimizer,
                     cfg: TrainConfig, epoch: int, *, device: torch.device, scaler=None, base_lrs=None,
-                    lr_scale: float = 1.0, progress: bool = True, dist: Dist = Dist()) -> dict:
+                    lr_scale: float = 1.0, progress: bool = True, dist: Dist = Dist(),
+                    teacher: nn.Module | None = None) -> dict:
     """One pass over `split` in a seeded random order; returns loss, accuracy, images/s (summed over ranks).
 
     Under DDP every rank draws the same permutation and takes its shard of it, so the ranks together see
@@ -428,7 +455,8 @@ def train_one_epoch(model: nn.Module, split: Split, meta: ModelMeta, optimizer: 
                 for group, base in zip(optimizer.param_groups, base_lrs):
                     group["lr"] = base * f
             idx = perm[i * bs:(i + 1) * bs]
-            loss, lg, y = batch_loss(model, split.x[idx], split.y[idx], meta, cfg, g, channels_last=channels_last)
+            loss, lg, y = batch_loss(model, split.x[idx], split.y[idx], meta, cfg, g, channels_last=channels_last,
+                                     teacher=teacher)
             ng = len(y)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
@@ -590,6 +618,8 @@ class RunState:
     plateau: Any = None  # ReduceLROnPlateau, with --scheduler plateau
     scaler: Any = None  # GradScaler, for float16 autocast on CUDA
     net: nn.Module | None = None  # what trains: the model, or its DistributedDataParallel wrapper
+    teacher: nn.Module | None = None  # --teacher, frozen
+    teacher_record: dict = field(default_factory=dict)  # its file and sha256, kept in every checkpoint
     base_lrs: list[float] = field(default_factory=list)
     start_epoch: int = 1
     history: list[dict] = field(default_factory=list)
@@ -623,7 +653,7 @@ class RunState:
             "optimizer": self.optimizer.state_dict(), "scheduler": self.plateau.state_dict() if self.plateau else {},
             "scaler": self.scaler.state_dict() if self.scaler else {}, "history": self.history, "best": self.best,
             "bad_epochs": self.bad_epochs, "train_seconds": self.train_seconds, "rng": _rng_state(self.device),
-            "world_size": self.dist.world,
+            "world_size": self.dist.world, "teacher": self.teacher_record,
         }
 
     def restore(self, ckpt: dict) -> None:
@@ -718,6 +748,12 @@ def setup_run(cfg: TrainConfig, out_dir: Path, dist: Dist, ckpt: dict | None, lo
               if device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported() else None)
     state = RunState(cfg=cfg, out_dir=out_dir, device=device, dist=dist, bundle=bundle, model=model,
                      model_args=model_args, optimizer=optimizer, plateau=plateau, scaler=scaler)
+    if cfg.teacher:
+        from .distill import load_teacher
+        state.teacher, state.teacher_record = load_teacher(
+            cfg.teacher, bundle.meta, device, expect_sha256=((ckpt or {}).get("teacher") or {}).get("sha256"))
+        log(f"distilling from {state.teacher_record['file']} ({state.teacher_record['model']}): weight "
+            f"{cfg.distill_weight} against the labels, temperature {cfg.distill_temperature}")
     if ckpt is not None:
         state.restore(ckpt)
         log(f"resuming {out_dir} from epoch {state.start_epoch - 1}")
@@ -745,7 +781,7 @@ def _train_epoch(state: RunState, epoch: int, progress: bool) -> dict:
     use_steps = cfg.scheduler == "cosine" or cfg.warmup_epochs > 0
     return train_one_epoch(state.net, state.bundle.splits[TRAIN], state.meta, optimizer, cfg, epoch,
                            device=state.device, scaler=state.scaler, base_lrs=state.base_lrs if use_steps else None,
-                           lr_scale=lr_scale, progress=progress, dist=state.dist)
+                           lr_scale=lr_scale, progress=progress, dist=state.dist, teacher=state.teacher)
 
 
 def _score(state: RunState, split: str) -> dict:
