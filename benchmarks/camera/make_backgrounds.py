@@ -13,7 +13,15 @@ Sources, pinned so the files are reproducible:
 - Debian's mate-backgrounds 1.26.0-1 (`apt-get download mate-backgrounds`), /usr/share/backgrounds/mate/nature/:
   photographs under GPL-2+;
 - Debian's plasma-workspace-wallpapers 4:5.27.5-2, /usr/share/wallpapers/<name>/contents/images/: KDE's
-  wallpapers, photographs and a few rendered abstracts, under LGPL-3 or CC-BY-SA-4.0 (each one's metadata.json).
+  wallpapers, photographs and a few rendered abstracts, under LGPL-3 or CC-BY-SA-4.0 (each one's metadata.json);
+- Debian's opencv-doc 4.6.0+dfsg-12, /usr/share/doc/opencv-doc/examples/data/: OpenCV's sample images (rooms,
+  desks, streets, fruit, a circuit board), under OpenCV's licence as Debian's copyright file states for its
+  source tree (Apache-2.0 / BSD-3-Clause; Debian removed the non-free ones). Images with people in them are left
+  out: a frame with a shirt in it is not an empty frame;
+- Debian's lomiri-wallpapers-16.04 and -20.04 20.04.0-2, /usr/share/backgrounds/: Ubuntu's wallpaper contest
+  photographs (a living room, landscapes, plants, animals) under CC-BY-4.0, CC-BY-SA-4.0 or CC0 (each file's
+  author and licence in the package's copyright file);
+- Debian's ukui-wallpapers 20.04.3-1.1, /usr/share/backgrounds/: rendered abstracts, CC-BY-SA-3.0.
 
 Each is stored as a JPEG (quality 90) whose longer side is at most 800 px: a 640x480 camera view is cut from it
 at 50-100% of its size, so more would add bytes, not detail.
@@ -39,6 +47,10 @@ LONG_SIDE = 800
 SKIMAGE = "scikit-image==0.26.0"
 MATE = "mate-backgrounds=1.26.0-1"
 PLASMA = "plasma-workspace-wallpapers=4:5.27.5-2"
+OPENCV = "opencv-doc=4.6.0+dfsg-12"
+LOMIRI16 = "lomiri-wallpapers-16.04=20.04.0-2"
+LOMIRI20 = "lomiri-wallpapers-20.04=20.04.0-2"
+UKUI = "ukui-wallpapers=20.04.3-1.1"
 # (source, file in the package, set). Split by photograph: no scene is in both sets.
 FILES = [
     ("skimage", "astronaut.png", "train"), ("skimage", "brick.png", "train"), ("skimage", "camera.png", "train"),
@@ -68,6 +80,23 @@ FILES = [
     ("plasma", "Kite/contents/images/1920x1080.jpg", "calib"),
     ("plasma", "Path/contents/images/1920x1080.jpg", "calib"),
     ("plasma", "Cluster/contents/images/3840x2160.png", "calib"),
+    # More scenes for training only (the calib/ and heldout/ sets stay as they were, so figures stay comparable):
+    # a model that has seen few scenes is sure of itself in front of one it has not seen.
+    *[("opencv", n, "train") for n in (
+        "aero1.jpg", "aloeL.jpg", "apple.jpg", "baboon.jpg", "board.jpg", "box_in_scene.png", "building.jpg",
+        "butterfly.jpg", "ela_original.jpg", "fruits.jpg", "graf1.png", "home.jpg", "left.jpg", "leuvenA.jpg",
+        "licenseplate_motion.jpg", "orange.jpg", "pca_test1.jpg", "rubberwhale1.png", "smarties.png",
+        "squirrel_cls.jpg", "starry_night.jpg", "stuff.jpg", "text_defocus.jpg", "Blender_Suzanne1.jpg")],
+    *[("lomiri16", n, "train") for n in (
+        "Bridge_by_Sander_Klootwijk.jpg", "Dragonfly_by_Bolly.jpg", "Picture_0B_by_freespace.jpg",
+        "Picture_1A_by_freespace.jpg", "Wine_by_Jakkub_Mede.jpg", "aitzgorri_by_Aitzol_Berasategi.jpg",
+        "analogpattern_by_Peter_Nerlich.jpg", "free_by_Peter_Nerlich.jpg", "friends_by_Aitzol_Berasategi.jpg",
+        "greentock_by_Peter_Nerlich.jpg", "life_by_Aitzol_Berasategi.jpg", "picosdeeuropa_by_Aitzol_Berasategi.jpg",
+        "seeding_by_Clements_Engelhardt.jpg", "sunset_by_Aitzol_Berasategi.jpg", "umang_by_Abhishek_Mudgal.jpg")],
+    *[("lomiri20", n, "train") for n in (
+        "Fossa_by_Jasper_Roks.jpg", "Infinite-Sea_by_Aury88.jpg", "Kleiber_by_Lukas_Baubkus.jpg",
+        "Painting-Colors_by__herobrine7gamer.jpg")],
+    *[("ukui", n, "train") for n in ("calla.png", "city.png", "goldfish.png", "rhythm.jpg")],
 ]
 SETS = ("train", "calib", "heldout")
 
@@ -95,7 +124,11 @@ def fetch(work: Path) -> dict:
                     z.extract(n, sk)
     return {"skimage": sk / "skimage" / "data",
             "mate": _deb(work, MATE, "mate") / "usr" / "share" / "backgrounds" / "mate" / "nature",
-            "plasma": _deb(work, PLASMA, "plasma") / "usr" / "share" / "wallpapers"}
+            "plasma": _deb(work, PLASMA, "plasma") / "usr" / "share" / "wallpapers",
+            "opencv": _deb(work, OPENCV, "opencv") / "usr" / "share" / "doc" / "opencv-doc" / "examples" / "data",
+            "lomiri16": _deb(work, LOMIRI16, "lomiri16") / "usr" / "share" / "backgrounds",
+            "lomiri20": _deb(work, LOMIRI20, "lomiri20") / "usr" / "share" / "backgrounds",
+            "ukui": _deb(work, UKUI, "ukui") / "usr" / "share" / "backgrounds"}
 
 
 def main() -> None:
@@ -113,8 +146,9 @@ def main() -> None:
         s = LONG_SIDE / max(img.shape[:2])
         if s < 1:
             img = cv2.resize(img, (round(img.shape[1] * s), round(img.shape[0] * s)), interpolation=cv2.INTER_AREA)
-        stem = Path(name).parts[0] if src == "plasma" else Path(name).stem
-        out = OUT / sub / f"{src}-{stem.lower()}.jpg"
+        stem = Path(name).parts[0] if src == "plasma" else Path(name).stem.split("_by_")[0]
+        prefix = "lomiri" if src.startswith("lomiri") else src
+        out = OUT / sub / f"{prefix}-{stem.lower()}.jpg"
         cv2.imwrite(str(out), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
         print(f"{out.relative_to(REPO)}  {img.shape[1]}x{img.shape[0]}")
 
