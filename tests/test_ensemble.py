@@ -93,3 +93,31 @@ def test_ensemble_refuses_members_that_do_not_fit(members, tmp_path):
     run_cli("ensemble", members["a"], members["b"], "--out", tmp_path / "ens")
     nested = run_cli("ensemble", tmp_path / "ens", members["a"], "--out", tmp_path / "z", check=False)
     assert nested.returncode == 1 and "already an ensemble" in nested.stderr
+
+
+def test_soup_cli_averages_the_weights_into_one_plain_model(members, tmp_path):
+    soup = tmp_path / "soup"
+    run_cli("ensemble", "--soup", members["a"], members["b"] / "last.pt", "--out", soup)
+    res = json.loads((soup / "results.json").read_text())
+    assert res["model"] == "cnn4" and res["source"] == "mean of the members' weights" and res["test_images"] > 0
+    ckpt = load_checkpoint(soup)
+    assert ckpt["model"] == "cnn4" and [m["file"] for m in ckpt["soup_of"]] == ["best.pt", "last.pt"]
+    a, b = (load_checkpoint(p)["state_dict"] for p in (members["a"], members["b"] / "last.pt"))
+    for k, v in ckpt["state_dict"].items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, (a[k] + b[k]) / 2)
+        else:
+            assert torch.equal(v, a[k])
+    # An ordinary checkpoint of its zoo model: it rebuilds alone, and its validation figure is its own.
+    model, meta = model_from_checkpoint(ckpt)
+    assert not isinstance(model, Ensemble) and meta.model == "cnn4"
+    assert 0 <= res["best_val_accuracy"] <= 1
+
+
+def test_soup_refuses_another_architecture(members, tmp_path):
+    other = load_checkpoint(members["b"])
+    other["model_args"] = {**other["model_args"], "num_classes": 11}
+    save_checkpoint(tmp_path / "other.pt", other)
+    with pytest.raises(EnsembleError, match="a soup averages one architecture's weights"):
+        from edgefashion.training.ensemble import make_soup
+        make_soup([members["a"] / "best.pt", tmp_path / "other.pt"])

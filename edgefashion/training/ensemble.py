@@ -11,6 +11,14 @@ An ensemble checkpoint is self-describing like a training run's: `model` is "ens
 each member's zoo name and arguments, `state_dict` holds every member's tensors (under `members.<i>.`), and
 `meta`/`config` are the members' shared ones, so `model_from_checkpoint` rebuilds it alone and export finds the
 data the members were trained on for calibration.
+
+`--soup` averages the members' weights instead of their logits: a "uniform model soup" (Wortsman et al., ICML
+2022), one model at one model's cost. It holds only for fine-tunes of one starting point (the same zoo model,
+arguments and init: runs that left one trained file with other seeds, learning rates or lengths), which stay in
+one basin of the loss, where the average of their weights is a better model than each rather than a broken
+one. Nothing in a checkpoint proves a common start, so runs trained apart from scratch are not refused: their
+soup is a poor model, and its validation score, which `ensemble` prints and writes, shows it. BatchNorm running
+statistics are averaged with the rest. The soup's checkpoint is an ordinary one of its zoo model, with the members listed.
 """
 from __future__ import annotations
 
@@ -135,8 +143,7 @@ def _part_key(part) -> str:
     return h.hexdigest()
 
 
-def make_checkpoint(paths: Sequence[str | Path], data_dir: str | None = None) -> tuple[dict, Ensemble]:
-    """Load the members and check they fit together; return the ensemble's checkpoint and its model."""
+def _load_members(paths: Sequence[str | Path], data_dir: str | None) -> list:
     if len(paths) < 2:
         raise EnsembleError("an ensemble needs at least two checkpoints")
     loaded = []
@@ -148,6 +155,18 @@ def make_checkpoint(paths: Sequence[str | Path], data_dir: str | None = None) ->
             raise EnsembleError(f"{p}: already an ensemble; list its members instead")
         loaded.append((Path(p), ckpt))
     _check_splits(loaded, data_dir)
+    return loaded
+
+
+def _sources(loaded: Sequence[tuple]) -> list:
+    return [{"file": checkpoint_file(p).name, "sha256": sha256_file(checkpoint_file(p)), "model": c["model"],
+             "epoch": c.get("epoch"), "train_seconds": c.get("train_seconds"),
+             "best_val_accuracy": (c.get("best") or {}).get("val_acc")} for p, c in loaded]
+
+
+def make_checkpoint(paths: Sequence[str | Path], data_dir: str | None = None) -> tuple[dict, Ensemble]:
+    """Load the members and check they fit together; return the ensemble's checkpoint and its model."""
+    loaded = _load_members(paths, data_dir)
     models = [model_from_checkpoint(c)[0] for _, c in loaded]
     first = loaded[0][1]
     names = [c["model"] for _, c in loaded]
@@ -155,9 +174,7 @@ def make_checkpoint(paths: Sequence[str | Path], data_dir: str | None = None) ->
                                 "split": checkpoint_split(first).to_dict()})
     model = Ensemble(models).eval()
     members = [{"model": c["model"], "model_args": c["model_args"]} for _, c in loaded]
-    sources = [{"file": checkpoint_file(p).name, "sha256": sha256_file(checkpoint_file(p)), "model": c["model"],
-                "epoch": c.get("epoch"), "train_seconds": c.get("train_seconds"),
-                "best_val_accuracy": (c.get("best") or {}).get("val_acc")} for p, c in loaded]
+    sources = _sources(loaded)
     ckpt = {
         "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "edgefashion": __version__,
         "model": ENSEMBLE, "model_args": {"members": members}, "meta": meta.to_dict(),
@@ -169,7 +186,37 @@ def make_checkpoint(paths: Sequence[str | Path], data_dir: str | None = None) ->
     return ckpt, model
 
 
-def score(ckpt: dict, model: Ensemble, *, data_dir: str | None, log=print) -> TrainReport:
+def make_soup(paths: Sequence[str | Path], data_dir: str | None = None) -> tuple[dict, nn.Module]:
+    """The uniform soup of the members: one checkpoint of their zoo model whose every floating-point tensor
+    (weights, biases, BatchNorm statistics) is the members' mean."""
+    loaded = _load_members(paths, data_dir)
+    first_path, first = loaded[0]
+    for path, c in loaded[1:]:
+        if c["model"] != first["model"] or c["model_args"] != first["model_args"]:
+            raise EnsembleError(f"{path}: {c['model']} {c['model_args']} differs from {first_path}'s "
+                                f"{first['model']} {first['model_args']}; a soup averages one architecture's weights")
+        if c["state_dict"].keys() != first["state_dict"].keys() or any(
+                c["state_dict"][k].shape != v.shape for k, v in first["state_dict"].items()):
+            raise EnsembleError(f"{path}: its tensors differ from {first_path}'s in name or shape")
+    state = {}
+    for k, v in first["state_dict"].items():
+        if v.is_floating_point():
+            state[k] = sum(c["state_dict"][k].double() for _, c in loaded).div(len(loaded)).to(v.dtype)
+        else:  # BatchNorm's num_batches_tracked: a counter, not a weight
+            state[k] = v.clone()
+    meta = ModelMeta.from_dict({**first["meta"], "split": checkpoint_split(first).to_dict()})
+    ckpt = {
+        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "edgefashion": __version__,
+        "model": first["model"], "model_args": dict(first["model_args"]), "meta": meta.to_dict(),
+        "config": dict(first.get("config") or {}), "epoch": None, "state_dict": state,
+        "soup_of": _sources(loaded),
+        "train_seconds": sum(float(c.get("train_seconds") or 0) for _, c in loaded),
+    }
+    model, _ = model_from_checkpoint(ckpt)
+    return ckpt, model.eval()
+
+
+def score(ckpt: dict, model: nn.Module, *, data_dir: str | None, log=print) -> TrainReport:
     """The ensemble's validation and test figures on the members' own splits, as results.json: export reports
     them, and the model is selected on validation like any run."""
     meta = ModelMeta.from_dict(ckpt["meta"])
@@ -180,23 +227,27 @@ def score(ckpt: dict, model: Ensemble, *, data_dir: str | None, log=print) -> Tr
     dev = torch.device("cpu")
     with torch.no_grad():
         va, te, tr = (evaluate(model, bundle.splits[s], meta, device=dev, amp=False) for s in (VAL, TEST, TRAIN))
-    log(f"{meta.model}: val accuracy {va['acc']:.4f}, test accuracy {te['acc']:.4f} "
-        f"({te['n']} images); members: " + ", ".join(m["file"] for m in ckpt["members"]))
+    members = ckpt.get("members") or ckpt["soup_of"]
+    soup = "soup_of" in ckpt
+    log(f"{meta.model}{' soup' if soup else ''}: val accuracy {va['acc']:.4f}, test accuracy {te['acc']:.4f} "
+        f"({te['n']} images); members: " + ", ".join(m["file"] for m in members))
     return TrainReport(
         model=meta.model, data=bundle.name, labels=list(meta.labels), params=count_params(model),
         img_size=meta.input_size, in_chans=meta.in_chans, test_accuracy=te["acc"], test_loss=te["loss"],
         test_images=te["n"], per_class_accuracy=dict(zip(meta.labels, te["per_class"])),
         confusion_matrix=te["confusion"], train_accuracy=tr["acc"], best_val_accuracy=va["acc"], best_epoch=0,
-        epochs_run=0, stop_reason=f"ensemble of {len(ckpt['members'])} checkpoints",
+        epochs_run=0, stop_reason=f"{'soup' if soup else 'ensemble'} of {len(members)} checkpoints",
         train_seconds=round(float(ckpt.get("train_seconds") or 0), 2), device="cpu", world_size=1,
-        split_sizes={k: len(v) for k, v in bundle.splits.items()}, source="mean of the members' logits",
+        split_sizes={k: len(v) for k, v in bundle.splits.items()},
+        source="mean of the members' weights" if soup else "mean of the members' logits",
         edgefashion=__version__, torch=torch.__version__, python=platform.python_version())
 
 
-def write(paths: Sequence[str | Path], out_dir: str | Path, *, data_dir: str | None = None, log=print) -> Path:
-    """`edgefashion ensemble`: write OUT/best.pt and OUT/results.json (each atomically); return OUT."""
+def write(paths: Sequence[str | Path], out_dir: str | Path, *, data_dir: str | None = None, soup: bool = False,
+          log=print) -> Path:
+    """`edgefashion ensemble [--soup]`: write OUT/best.pt and OUT/results.json (each atomically); return OUT."""
     out = Path(out_dir)
-    ckpt, model = make_checkpoint(paths, data_dir)
+    ckpt, model = (make_soup if soup else make_checkpoint)(paths, data_dir)
     results = score(ckpt, model, data_dir=data_dir, log=log)
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out / BEST_CHECKPOINT, ckpt)
@@ -206,4 +257,4 @@ def write(paths: Sequence[str | Path], out_dir: str | Path, *, data_dir: str | N
 
 
 __all__ = ["ENSEMBLE", "Ensemble", "EnsembleError", "build", "display_name", "is_ensemble", "make_checkpoint",
-           "score", "write"]
+           "make_soup", "score", "write"]
