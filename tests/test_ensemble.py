@@ -9,7 +9,7 @@ import torch
 
 from conftest import run_cli
 from edgefashion.runtime.classifier import Classifier
-from edgefashion.training.ensemble import Ensemble, EnsembleError, make_checkpoint
+from edgefashion.training.ensemble import Ensemble, EnsembleError, make_checkpoint, make_soup
 from edgefashion.training.train import TrainConfig, fit, load_checkpoint, model_from_checkpoint, save_checkpoint
 
 
@@ -119,5 +119,4 @@ def test_soup_refuses_another_architecture(members, tmp_path):
     other["model_args"] = {**other["model_args"], "num_classes": 11}
     save_checkpoint(tmp_path / "other.pt", other)
     with pytest.raises(EnsembleError, match="a soup averages one architecture's weights"):
-        from edgefashion.training.ensemble import make_soup
         make_soup([members["a"] / "best.pt", tmp_path / "other.pt"])

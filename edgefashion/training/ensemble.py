@@ -18,7 +18,8 @@ arguments and init: runs that left one trained file with other seeds, learning r
 one basin of the loss, where the average of their weights is a better model than each rather than a broken
 one. Nothing in a checkpoint proves a common start, so runs trained apart from scratch are not refused: their
 soup is a poor model, and its validation score, which `ensemble` prints and writes, shows it. BatchNorm running
-statistics are averaged with the rest. The soup's checkpoint is an ordinary one of its zoo model, with the members listed.
+statistics are averaged with the rest. The soup's checkpoint is an ordinary one of its zoo model, with the
+members listed.
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ from .train import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, checkpoint_file, chec
 from .zoo import count_params, create_model
 
 ENSEMBLE = "ensemble"
+SOUP_OF = "soup_of"  # a soup's checkpoint lists its members under this key (an ensemble's under "members")
 # Meta fields every member must share: the one preprocessing definition the file carries, the labels it names,
 # and the data it was trained on (calibration and the split the test figures come from).
 SHARED_META = ("labels", "input_size", "in_chans", "mean", "std", "resize", "color", "domain", "interpolation",
@@ -158,10 +160,21 @@ def _load_members(paths: Sequence[str | Path], data_dir: str | None) -> list:
     return loaded
 
 
-def _sources(loaded: Sequence[tuple]) -> list:
-    return [{"file": checkpoint_file(p).name, "sha256": sha256_file(checkpoint_file(p)), "model": c["model"],
-             "epoch": c.get("epoch"), "train_seconds": c.get("train_seconds"),
-             "best_val_accuracy": (c.get("best") or {}).get("val_acc")} for p, c in loaded]
+def _checkpoint(loaded: Sequence[tuple], model: str, model_args: dict, meta: dict, state_dict: dict,
+                members_key: str) -> dict:
+    """The self-describing checkpoint of a model made from `loaded` members (an ensemble's or a soup's): the
+    first member's config, and each member's file, hash and provenance under `members_key`."""
+    first = loaded[0][1]
+    return {
+        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "edgefashion": __version__,
+        "model": model, "model_args": model_args,
+        "meta": ModelMeta.from_dict({**meta, "split": checkpoint_split(first).to_dict()}).to_dict(),
+        "config": dict(first.get("config") or {}), "epoch": None, "state_dict": state_dict,
+        members_key: [{"file": checkpoint_file(p).name, "sha256": sha256_file(checkpoint_file(p)),
+                       "model": c["model"], "epoch": c.get("epoch"), "train_seconds": c.get("train_seconds"),
+                       "best_val_accuracy": (c.get("best") or {}).get("val_acc")} for p, c in loaded],
+        "train_seconds": sum(float(c.get("train_seconds") or 0) for _, c in loaded),
+    }
 
 
 def make_checkpoint(paths: Sequence[str | Path], data_dir: str | None = None) -> tuple[dict, Ensemble]:
@@ -170,19 +183,11 @@ def make_checkpoint(paths: Sequence[str | Path], data_dir: str | None = None) ->
     models = [model_from_checkpoint(c)[0] for _, c in loaded]
     first = loaded[0][1]
     names = [c["model"] for _, c in loaded]
-    meta = ModelMeta.from_dict({**first["meta"], "model": display_name(names),
-                                "split": checkpoint_split(first).to_dict()})
+    meta = {**first["meta"], "model": display_name(names)}
     model = Ensemble(models).eval()
     members = [{"model": c["model"], "model_args": c["model_args"]} for _, c in loaded]
-    sources = _sources(loaded)
-    ckpt = {
-        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "edgefashion": __version__,
-        "model": ENSEMBLE, "model_args": {"members": members}, "meta": meta.to_dict(),
-        "config": dict(first.get("config") or {}), "epoch": None,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "members": sources,
-        "train_seconds": sum(float(c.get("train_seconds") or 0) for _, c in loaded),
-    }
+    ckpt = _checkpoint(loaded, ENSEMBLE, {"members": members}, meta,
+                       {k: v.detach().cpu() for k, v in model.state_dict().items()}, "members")
     return ckpt, model
 
 
@@ -204,16 +209,8 @@ def make_soup(paths: Sequence[str | Path], data_dir: str | None = None) -> tuple
             state[k] = sum(c["state_dict"][k].double() for _, c in loaded).div(len(loaded)).to(v.dtype)
         else:  # BatchNorm's num_batches_tracked: a counter, not a weight
             state[k] = v.clone()
-    meta = ModelMeta.from_dict({**first["meta"], "split": checkpoint_split(first).to_dict()})
-    ckpt = {
-        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "edgefashion": __version__,
-        "model": first["model"], "model_args": dict(first["model_args"]), "meta": meta.to_dict(),
-        "config": dict(first.get("config") or {}), "epoch": None, "state_dict": state,
-        "soup_of": _sources(loaded),
-        "train_seconds": sum(float(c.get("train_seconds") or 0) for _, c in loaded),
-    }
-    model, _ = model_from_checkpoint(ckpt)
-    return ckpt, model.eval()
+    ckpt = _checkpoint(loaded, first["model"], dict(first["model_args"]), first["meta"], state, SOUP_OF)
+    return ckpt, model_from_checkpoint(ckpt)[0]  # in eval mode
 
 
 def score(ckpt: dict, model: nn.Module, *, data_dir: str | None, log=print) -> TrainReport:
@@ -227,8 +224,8 @@ def score(ckpt: dict, model: nn.Module, *, data_dir: str | None, log=print) -> T
     dev = torch.device("cpu")
     with torch.no_grad():
         va, te, tr = (evaluate(model, bundle.splits[s], meta, device=dev, amp=False) for s in (VAL, TEST, TRAIN))
-    members = ckpt.get("members") or ckpt["soup_of"]
-    soup = "soup_of" in ckpt
+    soup = SOUP_OF in ckpt
+    members = ckpt[SOUP_OF if soup else "members"]
     log(f"{meta.model}{' soup' if soup else ''}: val accuracy {va['acc']:.4f}, test accuracy {te['acc']:.4f} "
         f"({te['n']} images); members: " + ", ".join(m["file"] for m in members))
     return TrainReport(
