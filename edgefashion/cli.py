@@ -224,8 +224,11 @@ def train(model, data, data_dir, epochs, batch_size, lr, optimizer, momentum, we
 @click.option("--soup", is_flag=True,
               help="Average the members' weights instead of their logits (a model soup): one model at one model's "
                    "cost. For fine-tunes of one starting point only (same zoo model and arguments).")
+@click.option("--flip", is_flag=True,
+              help="Also average each member's logits over the image mirrored left to right (test-time "
+                   "augmentation inside the graph: twice the compute). One checkpoint is enough.")
 @_fails_with_message(_training_errors)  # EnsembleError is a ValueError
-def ensemble_cmd(checkpoints, out, data_dir, soup):
+def ensemble_cmd(checkpoints, out, data_dir, soup, flip):
     """Join trained checkpoints of one task (same labels, preprocessing, data and splits) into one model: the
     mean of their logits, scored on validation and test, exported like any run (one ONNX file, one INT8 file).
 
@@ -233,10 +236,11 @@ def ensemble_cmd(checkpoints, out, data_dir, soup):
     edgefashion ensemble runs/a/best.pt runs/b/best.pt runs/c --out runs/ens
     edgefashion export runs/ens --out export/ens
     edgefashion ensemble --soup runs/ft1/last.pt runs/ft2/last.pt --out runs/soup   # fine-tunes of one model
+    edgefashion ensemble --flip runs/soup --out runs/soup-flip   # and its mirrored view, in one file
     """
     _need_torch()
     from .training.ensemble import write
-    write(checkpoints, out, data_dir=data_dir, soup=soup, log=lambda m: click.echo(m, err=True))
+    write(checkpoints, out, data_dir=data_dir, soup=soup, flip=flip, log=lambda m: click.echo(m, err=True))
 
 
 def _relaunch_with_torchrun(nproc: int) -> None:

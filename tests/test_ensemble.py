@@ -120,3 +120,39 @@ def test_soup_refuses_another_architecture(members, tmp_path):
     save_checkpoint(tmp_path / "other.pt", other)
     with pytest.raises(EnsembleError, match="a soup averages one architecture's weights"):
         make_soup([members["a"] / "best.pt", tmp_path / "other.pt"])
+
+
+def test_flip_cli_averages_a_model_over_its_mirrored_view_and_exports(members, tmp_path):
+    flip = tmp_path / "flip"
+    run_cli("ensemble", "--flip", members["a"], "--out", flip)
+    res = json.loads((flip / "results.json").read_text())
+    assert res["model"] == "cnn4-flip" and res["test_images"] > 0
+    model, meta = model_from_checkpoint(load_checkpoint(flip))
+    assert isinstance(model, Ensemble) and model.flip and meta.model == "cnn4-flip"
+    x = torch.randn(8, 1, 28, 28)
+    with torch.no_grad():
+        a = model_from_checkpoint(load_checkpoint(members["a"]))[0]
+        torch.testing.assert_close(model(x), (a(x) + a(torch.flip(x, dims=[3]))) / 2)
+        assert not torch.allclose(model(x), a(x))  # the mirrored view does change the answer
+    # The flip is inside the graph: the ONNX file answers like the PyTorch model, and the runtime needs nothing.
+    out = tmp_path / "export"
+    run_cli("export", flip, "--out", out, "--calib-size", "64", "--calib-methods", "minmax", "--latency-runs", "5",
+            "--max-drop", "100", "--no-cpu-check")
+    report = json.loads((out / "report.json").read_text())
+    assert report["parity"]["top1_agreement"] >= 0.999 and report["parity"]["max_abs_logit_diff"] < 1e-3
+    assert Classifier(out / "model.int8.onnx").meta.model == "cnn4-flip"
+    # Two members with flip: each one's mean over both views, averaged.
+    ckpt, both = make_checkpoint([members["a"], members["b"]], flip=True)
+    assert ckpt["model_args"]["flip"] is True and ckpt["meta"]["model"] == "ensemble-2xcnn4-flip"
+    with torch.no_grad():
+        b = model_from_checkpoint(load_checkpoint(members["b"]))[0]
+        xf = torch.flip(x, dims=[3])
+        torch.testing.assert_close(both(x), (a(x) + a(xf) + b(x) + b(xf)) / 4)
+
+
+def test_flip_and_soup_or_one_plain_member_are_refused(members, tmp_path):
+    one = run_cli("ensemble", members["a"], "--out", tmp_path / "one", check=False)
+    assert one.returncode == 1 and "at least two checkpoints (one with --flip)" not in one.stderr
+    assert "at least two checkpoints" in one.stderr
+    both = run_cli("ensemble", "--soup", "--flip", members["a"], members["b"], "--out", tmp_path / "x", check=False)
+    assert both.returncode == 1 and "make the soup first" in both.stderr

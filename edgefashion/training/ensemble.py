@@ -60,19 +60,30 @@ class EnsembleError(ValueError):
 class Ensemble(nn.Module):
     """The mean of the members' logits. Logits, not probabilities: the runtime's softmax, temperature and
     'uncertain' threshold then apply to the ensemble as to any model, and the graph stays Conv/Gemm/Add/Mul,
-    which quantizes like its members."""
+    which quantizes like its members.
 
-    def __init__(self, members: Sequence[nn.Module]) -> None:
+    With `flip`, each member also sees the image mirrored left to right and the mean runs over both views
+    (test-time augmentation baked into the graph): a garment is the same garment mirrored, every model here
+    trains with random flips, and the two views' errors differ. The views go through each member as one batch
+    of 2N, so the graph holds each member once."""
+
+    def __init__(self, members: Sequence[nn.Module], flip: bool = False) -> None:
         super().__init__()
-        if len(members) < 2:
-            raise EnsembleError("an ensemble needs at least two members")
+        if len(members) < (1 if flip else 2):
+            raise EnsembleError("an ensemble needs at least two members (or one, with --flip)")
         self.members = nn.ModuleList(members)
+        self.flip = bool(flip)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if self.flip:
+            x = torch.cat([x, torch.flip(x, dims=[3])], 0)
         out = self.members[0](x)
         for m in self.members[1:]:
             out = out + m(x)
-        return out * (1.0 / len(self.members))
+        if self.flip:
+            out = out[:n] + out[n:]
+        return out * (1.0 / (len(self.members) * (2 if self.flip else 1)))
 
 
 def is_ensemble(ckpt: dict) -> bool:
@@ -81,17 +92,22 @@ def is_ensemble(ckpt: dict) -> bool:
 
 def build(model_args: dict) -> Ensemble:
     """The (untrained) Ensemble a checkpoint's model_args describe."""
-    members = model_args.get("members")
-    if not isinstance(members, list) or len(members) < 2:
-        raise EnsembleError("ensemble checkpoint: model_args.members must list at least two members")
-    return Ensemble([create_model(m["model"], **m["model_args"]) for m in members])
+    members, flip = model_args.get("members"), bool(model_args.get("flip", False))
+    if not isinstance(members, list) or len(members) < (1 if flip else 2):
+        raise EnsembleError("ensemble checkpoint: model_args.members must list at least two members "
+                            "(one with flip)")
+    return Ensemble([create_model(m["model"], **m["model_args"]) for m in members], flip=flip)
 
 
-def display_name(names: Sequence[str]) -> str:
-    """'ensemble-3xresnet10', or 'ensemble-resnet10+seq5' when the members differ."""
+def display_name(names: Sequence[str], flip: bool = False) -> str:
+    """'ensemble-3xresnet10', 'ensemble-resnet10+seq5' when the members differ, '-flip' appended with
+    mirrored views; one member with them: 'resnet10-flip'."""
+    tail = "-flip" if flip else ""
+    if len(names) == 1:
+        return f"{names[0]}{tail}"
     if len(set(names)) == 1:
-        return f"{ENSEMBLE}-{len(names)}x{names[0]}"
-    return f"{ENSEMBLE}-" + "+".join(names)
+        return f"{ENSEMBLE}-{len(names)}x{names[0]}{tail}"
+    return f"{ENSEMBLE}-" + "+".join(names) + tail
 
 
 def _check_member(path: Path, ckpt: dict, first: dict, first_path: Path) -> None:
@@ -145,9 +161,9 @@ def _part_key(part) -> str:
     return h.hexdigest()
 
 
-def _load_members(paths: Sequence[str | Path], data_dir: str | None) -> list:
-    if len(paths) < 2:
-        raise EnsembleError("an ensemble needs at least two checkpoints")
+def _load_members(paths: Sequence[str | Path], data_dir: str | None, *, least: int = 2) -> list:
+    if len(paths) < least:
+        raise EnsembleError("an ensemble needs at least two checkpoints" + (" (one with --flip)" if least < 2 else ""))
     loaded = []
     for p in paths:
         ckpt = load_checkpoint(p)
@@ -177,16 +193,18 @@ def _checkpoint(loaded: Sequence[tuple], model: str, model_args: dict, meta: dic
     }
 
 
-def make_checkpoint(paths: Sequence[str | Path], data_dir: str | None = None) -> tuple[dict, Ensemble]:
+def make_checkpoint(paths: Sequence[str | Path], data_dir: str | None = None, *,
+                    flip: bool = False) -> tuple[dict, Ensemble]:
     """Load the members and check they fit together; return the ensemble's checkpoint and its model."""
-    loaded = _load_members(paths, data_dir)
+    loaded = _load_members(paths, data_dir, least=1 if flip else 2)
     models = [model_from_checkpoint(c)[0] for _, c in loaded]
     first = loaded[0][1]
     names = [c["model"] for _, c in loaded]
-    meta = {**first["meta"], "model": display_name(names)}
-    model = Ensemble(models).eval()
+    meta = {**first["meta"], "model": display_name(names, flip)}
+    model = Ensemble(models, flip=flip).eval()
     members = [{"model": c["model"], "model_args": c["model_args"]} for _, c in loaded]
-    ckpt = _checkpoint(loaded, ENSEMBLE, {"members": members}, meta,
+    args = {"members": members, **({"flip": True} if flip else {})}
+    ckpt = _checkpoint(loaded, ENSEMBLE, args, meta,
                        {k: v.detach().cpu() for k, v in model.state_dict().items()}, "members")
     return ckpt, model
 
@@ -241,10 +259,13 @@ def score(ckpt: dict, model: nn.Module, *, data_dir: str | None, log=print) -> T
 
 
 def write(paths: Sequence[str | Path], out_dir: str | Path, *, data_dir: str | None = None, soup: bool = False,
-          log=print) -> Path:
-    """`edgefashion ensemble [--soup]`: write OUT/best.pt and OUT/results.json (each atomically); return OUT."""
+          flip: bool = False, log=print) -> Path:
+    """`edgefashion ensemble [--soup | --flip]`: write OUT/best.pt and OUT/results.json (each atomically);
+    return OUT."""
+    if soup and flip:
+        raise EnsembleError("--soup and --flip: make the soup first, then `ensemble --flip` its best.pt")
     out = Path(out_dir)
-    ckpt, model = (make_soup if soup else make_checkpoint)(paths, data_dir)
+    ckpt, model = make_soup(paths, data_dir) if soup else make_checkpoint(paths, data_dir, flip=flip)
     results = score(ckpt, model, data_dir=data_dir, log=log)
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out / BEST_CHECKPOINT, ckpt)
