@@ -192,8 +192,9 @@ def test_camera_temperature_from_metadata_and_options(tmp_path, frame):
 
 def test_smoother_background_logit_is_the_energy_rule():
     """With a background logit b: P(garment) = sigmoid(logsumexp(logits / T) - b), the shown probabilities are
-    the garment classes' given a garment (they sum to 1 and keep softmax(logits / T)'s order and ratios), and
-    'uncertain' follows P(garment), not the top class; the EMA runs over all K + 1 entries."""
+    the garment classes' own softmax at T = 1 (they sum to 1 and keep softmax(logits / T)'s order: a calibrated
+    T of 16 would show every class near 1/K), and 'uncertain' follows P(garment), not the top class; the EMA
+    runs over all K + 1 entries."""
     from edgefashion.runtime.camera import Smoother, decide
     logits = np.array([2.0, 1.5, 1.4, -1.0], np.float32)
     for T, b in ((1.0, 0.0), (4.0, 2.3)):
@@ -201,8 +202,9 @@ def test_smoother_background_logit_is_the_energy_rule():
         s.update(logits)
         lse = np.log(np.exp(logits / T).sum())
         assert s.garment == pytest.approx(1 / (1 + np.exp(-(lse - b))), rel=1e-5)
-        ref = np.exp(logits / T) / np.exp(logits / T).sum()
+        ref = np.exp(logits) / np.exp(logits).sum()
         np.testing.assert_allclose(s.ema, ref, rtol=1e-5)
+        assert list(np.argsort(-s.ema)) == list(np.argsort(-(logits / T)))
         assert int(np.argmax(s.probs)) == 0
     # A flat frame (a wall): the top class is unsure at T=1, yet P(garment) may be high; the rule decides.
     s = Smoother(4, 1.0, 1.0, -5.0)
@@ -214,6 +216,7 @@ def test_smoother_background_logit_is_the_energy_rule():
     s.update(np.array([20.0, 0.0], np.float32))
     s.update(np.array([-20.0, -20.0], np.float32))
     assert s.garment == pytest.approx(0.5, abs=1e-4) and s.ema.sum() == pytest.approx(1.0)
+    assert s.ema[0] == pytest.approx(0.75, abs=1e-4)  # shown classes smoothed too: (1 + 1/2) / 2
     # Without one, nothing changes: ema is the softmax, garment None.
     s = Smoother(4, 1.0, 1.0)
     s.update(logits)

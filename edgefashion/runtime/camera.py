@@ -226,7 +226,10 @@ class Smoother:
 
     With a `background_logit` b (ModelMeta.background_logit) the softmax runs over [logits / T, b]: the last
     entry is 'nothing there', `garment` is the smoothed probability of the garment classes together, and `ema`
-    shows the garment classes' probabilities given that a garment is there (summing to 1, as without b)."""
+    shows the garment classes' probabilities given that a garment is there (summing to 1, as without b), at
+    temperature 1 and smoothed alike: there T only sets how P(garment) ranks frames (calibrated T of 8-16 would
+    show every class near 1/K), and T does not change the classes' order, so what is shown and what is decided
+    agree."""
 
     def __init__(self, num_classes: int, alpha: float, temperature: float = 1.0,
                  background_logit: Optional[float] = None) -> None:
@@ -239,8 +242,9 @@ class Smoother:
         self._p = np.empty(n, np.float32)
         self._ema = np.zeros(n, np.float32)
         self.probs = self._p[:num_classes]  # this frame's (a view)
-        # What is shown: the EMA itself, or its garment part renormalised.
+        # What is shown: the EMA itself, or the garment classes' own softmax (T = 1), smoothed the same way.
         self.ema = self._ema if self.background_logit is None else np.zeros(num_classes, np.float32)
+        self._q = np.empty(num_classes, np.float32)
         self.garment: Optional[float] = None if self.background_logit is None else 1.0
         self._started = False
 
@@ -254,16 +258,25 @@ class Smoother:
         p -= p.max()  # keeps exp() finite
         np.exp(p, out=p)
         p /= p.sum()
-        if not self._started or self.alpha >= 1.0:
+        first = not self._started
+        if first or self.alpha >= 1.0:
             self._ema[:] = p
             self._started = True
         else:
             self._ema *= 1.0 - self.alpha
             self._ema += self.alpha * p
         if self.background_logit is not None:
-            g = float(1.0 - self._ema[k])
-            self.garment = g
-            np.divide(self._ema[:k], max(g, 1e-12), out=self.ema)
+            self.garment = float(1.0 - self._ema[k])
+            q = self._q
+            q[:] = logits
+            q -= q.max()
+            np.exp(q, out=q)
+            q /= q.sum()
+            if self.alpha >= 1.0 or first:
+                self.ema[:] = q
+            else:
+                self.ema *= 1.0 - self.alpha
+                self.ema += self.alpha * q
 
 
 @dataclass
