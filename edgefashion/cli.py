@@ -148,6 +148,10 @@ def zoo(domain, as_json):
               help="What empty frames are trained towards: uniform, the uniform distribution (outlier exposure); "
                    "energy, P(garment) = sigmoid(logsumexp(logits)) by binary cross-entropy on every row, the "
                    "score the camera's --background-logit rule thresholds.")
+@click.option("--logit-adjust", type=float, default=0.0, show_default=True,
+              help="Logit-adjusted loss (Menon et al. 2021): tau of the training classes' log-prior added to the "
+                   "logits in the labels' cross-entropy, so the model learns the class-balanced answer (1: fully; "
+                   "0: off). For cameras, where every class is as likely as any other.")
 @click.option("--img-size", type=int, default=None, help="Square input size [default: the model's].")
 @click.option("--in-chans", type=click.Choice(["1", "3"]), default=None, help="[default: 1 for Fashion-MNIST, 3 for photos]")
 @click.option("--val-fraction", type=float, default=0.2, show_default=True,
@@ -186,8 +190,8 @@ def zoo(domain, as_json):
                    "--batch-size is per process.")
 @_fails_with_message(_training_errors, interrupt=True)
 def train(model, data, data_dir, epochs, batch_size, lr, optimizer, momentum, weight_decay, scheduler,
-          warmup_epochs, early_stopping, patience, augment, label_smoothing, mixup, cutmix, empty_frames, empty_weight, empty_loss, img_size,
-          in_chans, val_fraction, limit, seed, split_seed, device, no_amp, cpu_bf16, pretrained, init_weights, qat, teacher,
+          warmup_epochs, early_stopping, patience, augment, label_smoothing, mixup, cutmix, empty_frames, empty_weight, empty_loss, logit_adjust,
+          img_size, in_chans, val_fraction, limit, seed, split_seed, device, no_amp, cpu_bf16, pretrained, init_weights, qat, teacher,
           distill_weight, distill_temperature, out, resume, quiet, nproc):
     """Train a zoo model; writes a run folder with config.json, metrics.csv, best.pt, last.pt, results.json,
     curves.png and confusion_matrix.png.
@@ -210,7 +214,7 @@ def train(model, data, data_dir, epochs, batch_size, lr, optimizer, momentum, we
                       optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, scheduler=scheduler,
                       warmup_epochs=warmup_epochs, early_stopping=early_stopping, patience=patience,
                       augment=augment, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix, empty_frames=empty_frames,
-                      empty_weight=empty_weight, empty_loss=empty_loss, img_size=img_size, in_chans=int(in_chans) if in_chans else None, val_fraction=val_fraction, limit=limit,
+                      empty_weight=empty_weight, empty_loss=empty_loss, logit_adjust=logit_adjust, img_size=img_size, in_chans=int(in_chans) if in_chans else None, val_fraction=val_fraction, limit=limit,
                       seed=seed, split_seed=split_seed, device=device, amp=not no_amp, cpu_bf16=cpu_bf16, pretrained=pretrained, init_weights=init_weights,
                       qat=qat, teacher=teacher, distill_weight=distill_weight, distill_temperature=distill_temperature)
     fit(cfg, out, resume=resume, progress=not quiet)

@@ -185,6 +185,47 @@ def test_energy_loss_trains_the_score_the_camera_thresholds_where_outlier_exposu
         resolve_config(TrainConfig(model="resnet10", data="clothing-small", augment="camera", empty_loss="hinge"))
 
 
+def test_logit_adjusted_loss_is_cross_entropy_on_logits_plus_tau_log_prior():
+    """--logit-adjust tau (Menon et al. 2021): the labels' loss sees logits + tau * log(prior); the empty
+    frames' loss and the logits returned for the accuracy are the model's own; a rare class's logit is pushed
+    up against a common one's, which is what makes the model's own answer balanced."""
+    import torch.nn.functional as F
+    from edgefashion.meta import photo_meta
+    from edgefashion.training.train import TrainConfig, batch_loss, class_log_prior, resolve_config
+    y = torch.tensor([0] * 6 + [1] * 3 + [2])
+    lp = class_log_prior(y, 4)  # class 3 has no example: counted as one, finite
+    assert torch.isfinite(lp).all() and lp.exp()[:3].tolist() == pytest.approx([6 / 11, 3 / 11, 1 / 11])
+    meta = photo_meta("x", [str(i) for i in range(4)], 32)
+    xb = torch.from_numpy(np.stack([_blob_on_bed(i, 32)[0][:, :, ::-1] for i in range(8)]).transpose(0, 3, 1, 2).copy())
+    yb = torch.tensor([0, 0, 0, 0, 1, 1, 2, 3])
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(12, 4))
+
+    def run(tau, empty=0.0):
+        cfg = TrainConfig(model="x", augment="none", mixup=0.0, cutmix=0.0, label_smoothing=0.0,
+                          logit_adjust=tau, empty_frames=empty, empty_weight=1.0)
+        if empty:
+            cfg = TrainConfig(**{**cfg.__dict__, "augment": "camera"})
+        return batch_loss(model, xb, yb, meta, cfg, torch.Generator().manual_seed(3), log_prior=lp)
+    loss0, lg0, _ = run(0.0)
+    lg0 = lg0.detach()
+    loss1, lg1, _ = run(1.0)
+    assert torch.equal(lg0, lg1)  # the accuracy is scored on the model's own logits
+    assert float(loss0.detach()) == pytest.approx(float(F.cross_entropy(lg0, yb)), rel=1e-5)
+    assert float(loss1.detach()) == pytest.approx(float(F.cross_entropy(lg0 + lp, yb)), rel=1e-5)
+    # The gradient on the logits: at tau 1 the common class 0 is pushed up less and rare class 3 more.
+    z = lg0.detach().clone().requires_grad_(True)
+    F.cross_entropy(z + lp, yb).backward()
+    g1 = z.grad.clone()
+    z.grad = None
+    F.cross_entropy(z, yb).backward()
+    assert (g1[yb == 0, 0] > z.grad[yb == 0, 0]).all() and (g1[yb == 3, 3] < z.grad[yb == 3, 3]).all()
+    # With empty frames the garment rows' part is adjusted and the empty rows' part is not: the loss differs.
+    assert float(run(0.0, 0.5)[0].detach()) != pytest.approx(float(run(1.0, 0.5)[0].detach()))
+    with pytest.raises(ValueError, match="logit_adjust"):
+        resolve_config(TrainConfig(model="resnet10", data="clothing-small", logit_adjust=-1.0))
+
+
 def test_benchmark_video_is_labelled_and_scored(tmp_path):
     if not (data_root() / "clothing-small").is_dir():
         pytest.skip("clothing-small not found: set EDGEFASHION_DATA")

@@ -15,6 +15,7 @@ fine-tuning starts from the exported model's function instead of a perturbed one
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -62,6 +63,13 @@ def main() -> None:
     props = {p.key: p.value for p in model_onnx.metadata_props}
     meta = ModelMeta.from_onnx_props(props, source=args.onnx_file)
     inits = {i.name: numpy_helper.to_array(i) for i in model_onnx.graph.initializer}
+    # An `ensemble --flip` file of one member (the bundled file since b64581c): its member's weights, scoped
+    # under members.0, are the model; the check below compares the mean over both views, as the file computes.
+    convs = [n.output[0] for n in model_onnx.graph.node if n.op_type == "Conv"]
+    flip = meta.model.endswith("-flip") and all(c.startswith("/members.0/") for c in convs)
+    if flip:
+        meta = dataclasses.replace(meta, model=meta.model[:-len("-flip")])
+        inits.update({k[len("members.0."):]: v for k, v in inits.items() if k.startswith("members.0.")})
     model_args = {"num_classes": meta.num_classes, "in_chans": meta.in_chans, "img_size": meta.input_size}
     model = create_model(meta.model, **model_args)
     mods = dict(model.named_modules())
@@ -70,7 +78,7 @@ def main() -> None:
     for node in model_onnx.graph.node:
         if node.op_type != "Conv":
             continue
-        conv = module_of(node.output[0])
+        conv = module_of(node.output[0].replace("/members.0/", "/", 1) if flip else node.output[0])
         w = inits[node.input[1]]
         if conv + ".weight" not in sd or tuple(sd[conv + ".weight"].shape) != w.shape:
             sys.exit(f"{args.onnx_file}: cannot map convolution {node.output[0]} to a module of {meta.model}")
@@ -112,7 +120,7 @@ def main() -> None:
     clf = Classifier(args.onnx_file, threads=1)
     x = batch_to_input(val.x[:128], meta, "none")
     with torch.no_grad():
-        ours = model(x).numpy()
+        ours = ((model(x) + model(x.flip(3))) / 2 if flip else model(x)).numpy()
     ref = clf.logits(x.numpy())
     agree = float((ours.argmax(1) == ref.argmax(1)).mean())
     err = float(np.abs(ours - ref).max())
