@@ -255,29 +255,29 @@ class Smoother:
             p[:k] *= self._inv_t
         if self.background_logit is not None:
             p[k] = self.background_logit
-        p -= p.max()  # keeps exp() finite
-        np.exp(p, out=p)
-        p /= p.sum()
+        _softmax_inplace(p)
         first = not self._started
-        if first or self.alpha >= 1.0:
-            self._ema[:] = p
-            self._started = True
-        else:
-            self._ema *= 1.0 - self.alpha
-            self._ema += self.alpha * p
+        self._started = True
+        self._smooth(self._ema, p, first)
         if self.background_logit is not None:
             self.garment = float(1.0 - self._ema[k])
-            q = self._q
-            q[:] = logits
-            q -= q.max()
-            np.exp(q, out=q)
-            q /= q.sum()
-            if self.alpha >= 1.0 or first:
-                self.ema[:] = q
-            else:
-                self.ema *= 1.0 - self.alpha
-                self.ema += self.alpha * q
+            self._q[:] = logits
+            self._smooth(self.ema, _softmax_inplace(self._q), first)
 
+    def _smooth(self, ema: np.ndarray, p: np.ndarray, first: bool) -> None:
+        if first or self.alpha >= 1.0:
+            ema[:] = p
+        else:
+            ema *= 1.0 - self.alpha
+            ema += self.alpha * p
+
+
+def _softmax_inplace(z: np.ndarray) -> np.ndarray:
+    """softmax of the float32 vector `z`, written into it (a camera frame allocates nothing); returns `z`."""
+    z -= z.max()  # keeps exp() finite
+    np.exp(z, out=z)
+    z /= z.sum()
+    return z
 
 @dataclass
 class Shown:
