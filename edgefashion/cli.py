@@ -59,15 +59,17 @@ def _fails_with_message(errors: Callable[[], tuple], *, interrupt: bool = False)
     """A command's error handling: an exception of `errors()` ends it with its one-line message and exit
     status 1 (no traceback: the user's input, not our bug). The classes are looked up only when something
     is raised, so a runtime command never imports the training half. With `interrupt`, Ctrl-C exits 130
-    quietly: what the work had saved stays (a run's last.pt says how to resume)."""
+    (SIGTERM in training 143) quietly: what the work had saved stays (a run's last.pt says how to resume)."""
     def decorate(command):
         @functools.wraps(command)
         def run(*args, **kwargs):
             try:
                 return command(*args, **kwargs)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as e:
                 if interrupt:
-                    sys.exit(130)
+                    # 130 for Ctrl-C; training's SIGTERM carries its own (143), read off the instance so
+                    # that the runtime never imports the training half.
+                    sys.exit(getattr(e, "exit_code", 130))
                 raise
             except click.ClickException:
                 raise  # a message already, e.g. that torch is missing, which errors() may need to import

@@ -112,7 +112,9 @@ def _wait_for_line(lines, prefix: str, timeout: float = 600) -> list:
             return seen
 
 
-def test_ctrl_c_then_resume_reaches_the_same_result(shared_data, tmp_path):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_then_resume_reaches_the_same_result(shared_data, tmp_path, sig, code):
+    # SIGTERM is what `kill`, `timeout`, `docker stop` and a cluster's preemption send: the same resumable stop.
     args = ["train", "--model", "cnn1", "--data", "fashion-mnist", "--epochs", "3", "--limit", "2000",
             "--no-early-stopping"]
     full = tmp_path / "full"
@@ -124,14 +126,14 @@ def test_ctrl_c_then_resume_reaches_the_same_result(shared_data, tmp_path):
         # The child holds at the start of epoch 2, after last.pt holds epoch 1: the interrupt lands inside the
         # run, never after it, however loaded the machine.
         _wait_for_line(lines, "holding before epoch 2")
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
     reader.join(timeout=10)
     stdout = proc.stdout.read()
-    assert proc.returncode == 130, stdout + "".join(iter(lines.get_nowait, None))
+    assert proc.returncode == code, stdout + "".join(iter(lines.get_nowait, None))
     assert "--resume" in stdout  # tells the user how to continue
     done = load_checkpoint(out / "last.pt")["epoch"]
     assert 1 <= done < 3

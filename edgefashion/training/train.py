@@ -12,9 +12,11 @@ import json
 import math
 import os
 import platform
+import signal
 import sys
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -856,26 +858,37 @@ def _checkpoint(state: RunState, epoch: int, improved: bool) -> None:
         _write_metrics_csv(state.out_dir / METRICS_CSV, state.history)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during training: `kill`, `timeout`, `docker stop` and a cluster's preemption stop a run the
+    way Ctrl-C does (last.pt stays resumable and the run says how to continue), exiting 128 + 15."""
+    exit_code = 128 + signal.SIGTERM
+
+
+@contextmanager
+def _sigterm_interrupts():
+    # Python's default for SIGTERM is to die at once, without the resume message; only the main thread may
+    # install a handler (a run started from a notebook's worker thread keeps the default).
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_epochs(state: RunState, progress: bool, log) -> None:
-    """Epochs from `state.start_epoch` until the last or early stopping. Ctrl-C leaves last.pt resumable and
-    says how to continue; a diverged run stops, keeping its last good epoch."""
+    """Epochs from `state.start_epoch` until the last or early stopping. Ctrl-C or SIGTERM leaves last.pt
+    resumable and says how to continue; a diverged run stops, keeping its last good epoch."""
     last = state.out_dir / LAST_CHECKPOINT
     try:
-        for epoch in range(state.start_epoch, state.cfg.epochs + 1):
-            if state.cfg.qat and epoch == state.cfg.epochs // 2 + 1:
-                from . import qat
-                # The second half trains with the file's ranges fixed, so that its best epoch is one the
-                # INT8 file reproduces.
-                qat.freeze_observers(state.model)
-            tr = _train_epoch(state, epoch, progress)
-            va = _validate(state, epoch)
-            improved = _schedule(state, epoch, tr, va)
-            _checkpoint(state, epoch, improved)
-            log(f"epoch {epoch:3d}/{state.cfg.epochs}  train loss {tr['loss']:.4f} acc {tr['acc']:.4f}  "
-                f"val loss {va['loss']:.4f} acc {va['acc']:.4f}  lr {state.history[-1]['lr']:.2e}  "
-                f"{tr['seconds']:.1f}s ({tr['ips']:.0f} img/s){'  *' if improved else ''}")
-            if _early_stop(state):
-                break
+        with _sigterm_interrupts():
+            _epoch_loop(state, progress, log)
     except KeyboardInterrupt:
         log(f"\ninterrupted: {last} holds epoch {state.epochs_done}; continue with "
             f"`edgefashion train --resume --out {state.out_dir}`")
@@ -883,6 +896,24 @@ def run_epochs(state: RunState, progress: bool, log) -> None:
     except TrainingError as e:
         raise TrainingError(f"{e}; stopped, {last} keeps the last good epoch ({state.epochs_done}); "
                             f"try a lower --lr") from None
+
+
+def _epoch_loop(state: RunState, progress: bool, log) -> None:
+    for epoch in range(state.start_epoch, state.cfg.epochs + 1):
+        if state.cfg.qat and epoch == state.cfg.epochs // 2 + 1:
+            from . import qat
+            # The second half trains with the file's ranges fixed, so that its best epoch is one the
+            # INT8 file reproduces.
+            qat.freeze_observers(state.model)
+        tr = _train_epoch(state, epoch, progress)
+        va = _validate(state, epoch)
+        improved = _schedule(state, epoch, tr, va)
+        _checkpoint(state, epoch, improved)
+        log(f"epoch {epoch:3d}/{state.cfg.epochs}  train loss {tr['loss']:.4f} acc {tr['acc']:.4f}  "
+            f"val loss {va['loss']:.4f} acc {va['acc']:.4f}  lr {state.history[-1]['lr']:.2e}  "
+            f"{tr['seconds']:.1f}s ({tr['ips']:.0f} img/s){'  *' if improved else ''}")
+        if _early_stop(state):
+            break
 
 
 # --- the final test -----------------------------------------------------------------------------------------
