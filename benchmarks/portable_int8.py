@@ -27,7 +27,6 @@ sys.path.insert(0, str(REPO))
 
 from edgefashion.runtime import emulate  # noqa: E402
 from edgefashion.runtime.bench import compare_latency  # noqa: E402
-from edgefashion.runtime.classifier import read_meta  # noqa: E402
 from edgefashion.runtime.cpu import cpu_model  # noqa: E402
 from edgefashion.training import export as ex  # noqa: E402
 from edgefashion.training import quantize as q  # noqa: E402
@@ -71,7 +70,7 @@ def measure(fp32: Path, subset: int, data_dir: str | None, work: Path, log) -> d
 
 
 def markdown(r: dict) -> str:
-    out = [f"# Portable INT8: the same answers on every CPU family", "",
+    out = ["# Portable INT8: the same answers on every CPU family", "",
            f"Measured {r['date']} on {r['host']} ({r['host_family']}; onnxruntime {r['onnxruntime']}). "
            f"Agreement is per image with this machine's answers; `vnni` is {r['vnni']}. "
            "Latency: batch 1, 1 thread, interleaved with the portable file, this machine (emulated timings are "

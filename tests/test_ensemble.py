@@ -3,7 +3,6 @@
 Real runs (cnn4, one epoch on 1,500 Fashion-MNIST images per split, seconds on two cores), the real CLI."""
 import json
 
-import numpy as np
 import pytest
 import torch
 

@@ -8,10 +8,8 @@ import http.client
 import io
 import json
 import os
-import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile

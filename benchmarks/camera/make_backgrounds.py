@@ -31,7 +31,6 @@ at 50-100% of its size, so more would add bytes, not detail.
 from __future__ import annotations
 
 import argparse
-import glob
 import shutil
 import subprocess
 import sys

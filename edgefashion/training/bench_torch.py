@@ -16,7 +16,7 @@ from ..files import sha256_file
 from ..meta import ModelMeta
 from ..names import REPORT_JSON
 from ..reports import ExportReport, ReportError
-from .train import TrainingError, load_checkpoint, model_from_checkpoint
+from .checkpoints import TrainingError, load_checkpoint, model_from_checkpoint
 
 
 class BaselineError(ValueError):

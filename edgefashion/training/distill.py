@@ -20,11 +20,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..files import sha256_file
 from ..meta import ModelMeta
+from .checkpoints import checkpoint_file, load_checkpoint, model_from_checkpoint
 
 # Meta fields a teacher must share with its student: the same input tensor must mean the same image to both,
 # and logit i the same class.
@@ -40,7 +40,6 @@ def load_teacher(path: str | Path, meta: ModelMeta, device: torch.device, *,
     """The teacher model, frozen in eval mode on `device`, and what a checkpoint records of it ({file,
     sha256, model}). `expect_sha256`: a resumed run's record; another file under the same name is refused,
     since the rest of the run would learn from another teacher than its first epochs did."""
-    from .train import checkpoint_file, load_checkpoint, model_from_checkpoint
     f = checkpoint_file(path)
     ckpt = load_checkpoint(f)
     digest = sha256_file(f)

@@ -41,62 +41,17 @@ from ..names import BEST_CHECKPOINT, RESULTS_JSON, TEST, TRAIN, VAL
 from ..reports import TrainReport
 from . import qat
 from .datasets import load_data
-from .train import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, checkpoint_file, checkpoint_split, evaluate,
-                    load_checkpoint, model_from_checkpoint, save_checkpoint)
-from .zoo import count_params, create_model
+from .checkpoints import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, checkpoint_file, checkpoint_split, is_ensemble,  # noqa: F401
+                          load_checkpoint, model_from_checkpoint, save_checkpoint)
+from .train import evaluate
+# The Ensemble module is a model like the zoo's, built from a checkpoint's arguments by model_from_checkpoint.
+from .zoo import ENSEMBLE, Ensemble, EnsembleError, build_ensemble, count_params, create_model  # noqa: F401
 
-ENSEMBLE = "ensemble"
 SOUP_OF = "soup_of"  # a soup's checkpoint lists its members under this key (an ensemble's under "members")
 # Meta fields every member must share: the one preprocessing definition the file carries, the labels it names,
 # and the data it was trained on (calibration and the split the test figures come from).
 SHARED_META = ("labels", "input_size", "in_chans", "mean", "std", "resize", "color", "domain", "interpolation",
                "dataset")
-
-
-class EnsembleError(ValueError):
-    """Checkpoints that cannot be one ensemble; the message names the file and what differs."""
-
-
-class Ensemble(nn.Module):
-    """The mean of the members' logits. Logits, not probabilities: the runtime's softmax, temperature and
-    'uncertain' threshold then apply to the ensemble as to any model, and the graph stays Conv/Gemm/Add/Mul,
-    which quantizes like its members.
-
-    With `flip`, each member also sees the image mirrored left to right and the mean runs over both views
-    (test-time augmentation baked into the graph): a garment is the same garment mirrored, every model here
-    trains with random flips, and the two views' errors differ. The views go through each member as one batch
-    of 2N, so the graph holds each member once."""
-
-    def __init__(self, members: Sequence[nn.Module], flip: bool = False) -> None:
-        super().__init__()
-        if len(members) < (1 if flip else 2):
-            raise EnsembleError("an ensemble needs at least two members (or one, with --flip)")
-        self.members = nn.ModuleList(members)
-        self.flip = bool(flip)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        if self.flip:
-            x = torch.cat([x, torch.flip(x, dims=[3])], 0)
-        out = self.members[0](x)
-        for m in self.members[1:]:
-            out = out + m(x)
-        if self.flip:
-            out = out[:n] + out[n:]
-        return out * (1.0 / (len(self.members) * (2 if self.flip else 1)))
-
-
-def is_ensemble(ckpt: dict) -> bool:
-    return ckpt.get("model") == ENSEMBLE
-
-
-def build(model_args: dict) -> Ensemble:
-    """The (untrained) Ensemble a checkpoint's model_args describe."""
-    members, flip = model_args.get("members"), bool(model_args.get("flip", False))
-    if not isinstance(members, list) or len(members) < (1 if flip else 2):
-        raise EnsembleError("ensemble checkpoint: model_args.members must list at least two members "
-                            "(one with flip)")
-    return Ensemble([create_model(m["model"], **m["model_args"]) for m in members], flip=flip)
 
 
 def display_name(names: Sequence[str], flip: bool = False) -> str:
@@ -274,5 +229,5 @@ def write(paths: Sequence[str | Path], out_dir: str | Path, *, data_dir: str | N
     return out
 
 
-__all__ = ["ENSEMBLE", "Ensemble", "EnsembleError", "build", "display_name", "is_ensemble", "make_checkpoint",
+__all__ = ["ENSEMBLE", "Ensemble", "EnsembleError", "build_ensemble", "display_name", "is_ensemble", "make_checkpoint",
            "make_soup", "score", "write"]

@@ -35,7 +35,7 @@ from ..names import (CHECKPOINTS, FP32_FILE, INT8_FILE, INT8_SUFFIX, REPORT_JSON
 from ..runtime.preprocess import normalize
 from . import qat
 from . import quantize as q
-from .train import load_checkpoint, model_from_checkpoint
+from .checkpoints import load_checkpoint, model_from_checkpoint
 
 QUANTIZE_MODES = ("int8", "dynamic", "none", "auto")
 MIN_OPSET = 17

@@ -19,7 +19,8 @@ from ..files import atomic_write_text
 from ..names import (BEST_CHECKPOINT, CLOTHING_SMALL, CONFIG_JSON, FASHION_MNIST, LAST_CHECKPOINT, REPORT_JSON,
                      RESULTS_JSON)
 from ..reports import ExportReport, TrainReport
-from .train import TrainConfig, fit, load_checkpoint
+from .checkpoints import load_checkpoint
+from .train import TrainConfig, fit
 from .zoo import get_entry
 
 # The seed reports' test ("prediction") accuracy per model, as fractions.

@@ -1,5 +1,6 @@
-"""Training: a dataclass config, plain functions (`train_one_epoch`, `evaluate`, `fit`) and self-describing
-checkpoints (model name and args, labels, preprocessing, config, epoch) that rebuild their model alone.
+"""Training: a dataclass config and plain functions (`train_one_epoch`, `evaluate`, `fit`) that write
+self-describing checkpoints (model name and args, labels, preprocessing, config, epoch; checkpoints.py reads
+them back and rebuilds their model alone).
 
 `fit` is a few named stages carrying one `RunState`: setup (or resume) -> per epoch: train, validate,
 schedule / early stop, checkpoint -> final test on the best epoch.
@@ -28,26 +29,26 @@ import torch.nn.functional as F
 
 from .. import __version__
 from ..data.splits import SplitSpec
-from ..files import atomic_write_bytes, atomic_write_text
+from ..files import atomic_write_text
 from ..meta import ModelMeta
 from ..reports import TrainReport
-from ..names import (BEST_CHECKPOINT, CHECKPOINTS, CONFIG_JSON, LAST_CHECKPOINT, METRICS_CSV, RESULTS_JSON, TEST,
+from ..names import (BEST_CHECKPOINT, CONFIG_JSON, LAST_CHECKPOINT, METRICS_CSV, RESULTS_JSON, TEST,
                      TRAIN, VAL)
+from . import qat
 from .datasets import AUGMENTATIONS, DataBundle, Split, batch_to_input, load_data
+from .distill import kd_loss, load_teacher
 from .distributed import Dist, all_reduce_sum, broadcast_object, setup, shard, teardown
 from .zoo import count_params, create_model, get_entry
+# Checkpoint files live in .checkpoints; their names stay importable from here, where scripts have found them.
+from .checkpoints import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, TrainingError, checkpoint_file,  # noqa: F401
+                          checkpoint_split, config_split, load_checkpoint, load_init_weights, model_from_checkpoint,
+                          save_checkpoint)
 
-CHECKPOINT_FORMAT = "edgefashion-checkpoint"
-CHECKPOINT_VERSION = 1
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("plateau", "cosine", "none")
 CAMERA_EMPTY_FRAMES = 0.1
 # What an empty frame is trained towards (TrainConfig.empty_loss).
 EMPTY_LOSSES = ("uniform", "energy")
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on; the message says why and what was kept."""
 
 
 @dataclass
@@ -183,17 +184,7 @@ def resolve_config(cfg: TrainConfig, data_kind: str | None = None) -> TrainConfi
 def split_spec(cfg: TrainConfig | dict) -> SplitSpec:
     """The SplitSpec of a run: how its data set's unshipped splits are carved. Takes a TrainConfig or the
     config dict a checkpoint records (older ones lack test_fraction: the default applies)."""
-    d = asdict(cfg) if isinstance(cfg, TrainConfig) else dict(cfg or {})
-    if d.get("split_seed") is not None:
-        d["seed"] = d["split_seed"]
-    return SplitSpec.from_dict(d)
-
-
-def checkpoint_split(ckpt: dict) -> SplitSpec:
-    """The SplitSpec a checkpoint's model was trained with: its meta's record, else its config's (checkpoints
-    written before the meta recorded it), else the defaults."""
-    recorded = (ckpt.get("meta") or {}).get("split")
-    return SplitSpec.from_dict(recorded) if recorded else split_spec(ckpt.get("config") or {})
+    return config_split(asdict(cfg) if isinstance(cfg, TrainConfig) else cfg)
 
 
 def select_device(name: str) -> torch.device:
@@ -209,94 +200,6 @@ def select_device(name: str) -> torch.device:
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise TrainingError(f"--device {name}: MPS is not available on this machine")
     return dev
-
-
-# --- checkpoints ------------------------------------------------------------------------------------------
-
-def save_checkpoint(path: Path, ckpt: dict) -> None:
-    buf = io.BytesIO()
-    torch.save(ckpt, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def checkpoint_file(path: str | Path) -> Path:
-    """The file a checkpoint argument names: itself, or a run folder's best.pt, else its last.pt."""
-    path = Path(path)
-    if path.is_dir():
-        for name in CHECKPOINTS:
-            if (path / name).is_file():
-                return path / name
-        raise TrainingError(f"{path}: no best.pt or last.pt in this folder")
-    return path
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint (a file, or a run folder's best.pt, else last.pt) with weights_only=True (no pickled
-    code runs) and check it is ours."""
-    path = checkpoint_file(path)
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise TrainingError(f"{path}: no such checkpoint") from None
-    except Exception as e:  # torch raises many types for truncated or foreign files
-        raise TrainingError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise TrainingError(f"{path}: not an edgefashion checkpoint")
-    if int(ckpt.get("version", 0)) > CHECKPOINT_VERSION:
-        raise TrainingError(f"{path}: checkpoint version {ckpt['version']} is newer than this edgefashion")
-    return ckpt
-
-
-def model_from_checkpoint(ckpt: dict) -> tuple[nn.Module, ModelMeta]:
-    """Rebuild the model a checkpoint describes, with its weights, in eval mode (a QAT run's with its
-    quantization ranges frozen: running it must not move them; an ensemble's with all its members)."""
-    meta = ModelMeta.from_dict({**ckpt["meta"], "split": checkpoint_split(ckpt).to_dict()})
-    from . import ensemble, qat
-    if ensemble.is_ensemble(ckpt):
-        model = ensemble.build(ckpt["model_args"])
-        model.load_state_dict(ckpt["state_dict"])
-        return model.eval(), meta
-    model = create_model(ckpt["model"], **ckpt["model_args"])
-    qat_run = qat.is_qat(ckpt.get("config"))
-    if qat_run:
-        model = qat.prepare(model, meta)  # the fake-quant graph the state dict belongs to
-    model.load_state_dict(ckpt["state_dict"])
-    if qat_run:
-        qat.freeze_observers(model)  # after loading: the state dict carries the observers' on/off flags
-    model.eval()
-    # Older checkpoints record the split in their config only; the meta carries it into exported files.
-    return model, meta
-
-
-def load_init_weights(model: nn.Module, path: str | Path) -> dict:
-    """Initialise from a file: an edgefashion checkpoint or a plain state dict (e.g. timm weights saved by a
-    user with a network). Tensors whose shapes differ (a classifier for other classes) are left as they are,
-    and the function says which."""
-    path = Path(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise TrainingError(f"--init-weights {path}: no such file") from None
-    except Exception as e:
-        raise TrainingError(f"--init-weights {path}: not a readable weights file ({type(e).__name__})") from None
-    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
-        obj = obj["state_dict"]
-    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise TrainingError(f"--init-weights {path}: not a state dict of tensors")
-    own = model.state_dict()
-    loaded, skipped = {}, []
-    for k, v in obj.items():
-        if k in own and own[k].shape == v.shape:
-            loaded[k] = v
-        else:
-            skipped.append(k)
-    if not loaded:
-        raise TrainingError(f"--init-weights {path}: no tensor matches this model's names and shapes")
-    model.load_state_dict(loaded, strict=False)
-    missing = [k for k in own if k not in loaded]
-    return {"loaded": len(loaded), "skipped": skipped, "missing": missing}
 
 
 # --- one epoch, evaluation ----------------------------------------------------------------------------------
@@ -412,7 +315,6 @@ def batch_loss(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, meta: Model
             loss = lam * loss + (1 - lam) * F.cross_entropy(la, y2, label_smoothing=cfg.label_smoothing)
         kd = None
         if teacher is not None:
-            from .distill import kd_loss
             with torch.no_grad():
                 t_logits = teacher(x)
             kd = cfg.distill_weight * kd_loss(logits, t_logits, cfg.distill_temperature)
@@ -742,7 +644,6 @@ def _build_model(cfg: TrainConfig, meta: ModelMeta, device: torch.device, *, fre
         rep = load_init_weights(model, cfg.init_weights)
         log(f"init weights: {rep['loaded']} tensors from {cfg.init_weights}; kept fresh: {len(rep['missing'])}")
     if cfg.qat:
-        from . import qat
         # Fresh: BatchNorm folded from the trained statistics. Resumed: the checkpoint's weights replace them.
         model = qat.prepare(model, meta)
         log("quantization-aware training: BatchNorm folded into the convolutions, fake quantization inserted "
@@ -769,7 +670,6 @@ def setup_run(cfg: TrainConfig, out_dir: Path, dist: Dist, ckpt: dict | None, lo
     state = RunState(cfg=cfg, out_dir=out_dir, device=device, dist=dist, bundle=bundle, model=model,
                      model_args=model_args, optimizer=optimizer, plateau=plateau, scaler=scaler)
     if cfg.teacher:
-        from .distill import load_teacher
         state.teacher, state.teacher_record = load_teacher(
             cfg.teacher, bundle.meta, device, expect_sha256=((ckpt or {}).get("teacher") or {}).get("sha256"))
         log(f"distilling from {state.teacher_record['file']} ({state.teacher_record['model']}): weight "
@@ -806,7 +706,6 @@ def _train_epoch(state: RunState, epoch: int, progress: bool) -> dict:
 
 def _score(state: RunState, split: str) -> dict:
     if state.cfg.qat:
-        from . import qat
         paused = qat.observers_paused(state.model)  # scoring must not move the quantization ranges
     else:
         paused = nullcontext()
@@ -901,8 +800,7 @@ def run_epochs(state: RunState, progress: bool, log) -> None:
 def _epoch_loop(state: RunState, progress: bool, log) -> None:
     for epoch in range(state.start_epoch, state.cfg.epochs + 1):
         if state.cfg.qat and epoch == state.cfg.epochs // 2 + 1:
-            from . import qat
-            # The second half trains with the file's ranges fixed, so that its best epoch is one the
+                # The second half trains with the file's ranges fixed, so that its best epoch is one the
             # INT8 file reproduces.
             qat.freeze_observers(state.model)
         tr = _train_epoch(state, epoch, progress)

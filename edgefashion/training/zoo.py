@@ -27,9 +27,13 @@ from torch import nn
 
 __all__ = [
     "DOMAINS",
+    "ENSEMBLE",
+    "Ensemble",
+    "EnsembleError",
     "QUANTIZE_MODES",
     "RECIPE_DEFAULTS",
     "ZooEntry",
+    "build_ensemble",
     "count_params",
     "create_model",
     "get_entry",
@@ -673,3 +677,53 @@ def mobilenetv3_small(in_chans: int, num_classes: int, img_size: int, pretrained
     ResNet follow-up. 1.53M params at 3x128x128, 15 classes (2.54M at 1000 classes).
     """
     return _timm_create("mobilenetv3_small_100", pretrained=pretrained, in_chans=in_chans, num_classes=num_classes)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Ensembles: zoo models side by side as one (`edgefashion ensemble`; training/ensemble.py makes and scores them).
+# Here, beside the networks, so that a checkpoint's "ensemble" rebuilds like any zoo model.
+# --------------------------------------------------------------------------------------------------------------
+
+ENSEMBLE = "ensemble"
+
+
+class EnsembleError(ValueError):
+    """Checkpoints that cannot be one ensemble; the message names the file and what differs."""
+
+
+class Ensemble(nn.Module):
+    """The mean of the members' logits. Logits, not probabilities: the runtime's softmax, temperature and
+    'uncertain' threshold then apply to the ensemble as to any model, and the graph stays Conv/Gemm/Add/Mul,
+    which quantizes like its members.
+
+    With `flip`, each member also sees the image mirrored left to right and the mean runs over both views
+    (test-time augmentation baked into the graph): a garment is the same garment mirrored, every model here
+    trains with random flips, and the two views' errors differ. The views go through each member as one batch
+    of 2N, so the graph holds each member once."""
+
+    def __init__(self, members: Sequence[nn.Module], flip: bool = False) -> None:
+        super().__init__()
+        if len(members) < (1 if flip else 2):
+            raise EnsembleError("an ensemble needs at least two members (or one, with --flip)")
+        self.members = nn.ModuleList(members)
+        self.flip = bool(flip)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if self.flip:
+            x = torch.cat([x, torch.flip(x, dims=[3])], 0)
+        out = self.members[0](x)
+        for m in self.members[1:]:
+            out = out + m(x)
+        if self.flip:
+            out = out[:n] + out[n:]
+        return out * (1.0 / (len(self.members) * (2 if self.flip else 1)))
+
+
+def build_ensemble(model_args: dict) -> Ensemble:
+    """The (untrained) Ensemble a checkpoint's model_args describe."""
+    members, flip = model_args.get("members"), bool(model_args.get("flip", False))
+    if not isinstance(members, list) or len(members) < (1 if flip else 2):
+        raise EnsembleError("ensemble checkpoint: model_args.members must list at least two members "
+                            "(one with flip)")
+    return Ensemble([create_model(m["model"], **m["model_args"]) for m in members], flip=flip)
