@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO, data_root
+from conftest import REPO
 from edgefashion.meta import fashion_mnist_meta
 
 
@@ -32,7 +32,9 @@ def tiny_runtime_files(folder: Path):
     helper.set_model_props(m, fashion_mnist_meta("tiny", FASHION_MNIST_LABELS).to_onnx_props())
     model = folder / "tiny.onnx"
     onnx.save(m, str(model))
-    photos = sorted((data_root() / "clothing-small" / "test" / "pants").glob("*.jpg"))[:2]
+    # The package's own demo photos (CC0, shipped in the wheel): these plumbing tests then need no data folder.
+    photos = sorted((REPO / "edgefashion" / "demo" / "clothing-small" / "pants").glob("*.jpg"))[:2]
+    assert len(photos) == 2, "the package's demo set lost its pants photos"
     video = folder / "clip.mp4"
     vw = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 30, (640, 480))
     for i in range(5):
