@@ -11,6 +11,7 @@ import pytest
 
 from conftest import REPO
 from edgefashion.meta import fashion_mnist_meta
+from edgefashion.runtime.sources import DEMO_SETS
 
 
 def tiny_runtime_files(folder: Path):
@@ -33,7 +34,7 @@ def tiny_runtime_files(folder: Path):
     model = folder / "tiny.onnx"
     onnx.save(m, str(model))
     # The package's own demo photos (CC0, shipped in the wheel): these plumbing tests then need no data folder.
-    photos = sorted((REPO / "edgefashion" / "demo" / "clothing-small" / "pants").glob("*.jpg"))[:2]
+    photos = sorted((DEMO_SETS["clothing-small"] / "pants").glob("*.jpg"))[:2]
     assert len(photos) == 2, "the package's demo set lost its pants photos"
     video = folder / "clip.mp4"
     vw = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 30, (640, 480))

@@ -800,7 +800,7 @@ def run_epochs(state: RunState, progress: bool, log) -> None:
 def _epoch_loop(state: RunState, progress: bool, log) -> None:
     for epoch in range(state.start_epoch, state.cfg.epochs + 1):
         if state.cfg.qat and epoch == state.cfg.epochs // 2 + 1:
-                # The second half trains with the file's ranges fixed, so that its best epoch is one the
+            # The second half trains with the file's ranges fixed, so that its best epoch is one the
             # INT8 file reproduces.
             qat.freeze_observers(state.model)
         tr = _train_epoch(state, epoch, progress)
