@@ -249,6 +249,34 @@ def ensemble_cmd(checkpoints, out, data_dir, soup, flip):
     write(checkpoints, out, data_dir=data_dir, soup=soup, flip=flip, log=lambda m: click.echo(m, err=True))
 
 
+@cli.command("locate")
+@click.argument("checkpoint", type=click.Path(exists=True))
+@click.option("--out", "-o", type=click.Path(file_okay=False), required=True,
+              help="Folder for the located model's best.pt (`edgefashion export` takes it).")
+@click.option("--data-dir", default=None, help="Data root [default: $EDGEFASHION_DATA, else ~/.cache/edgefashion].")
+@click.option("--frames", type=click.IntRange(min=64), default=8000, show_default=True,
+              help="Camera-like training frames (training photos over the training scenes).")
+@click.option("--val-frames", type=click.IntRange(min=16), default=400, show_default=True,
+              help="Validation frames (validation photos over the calibration scenes) for the printed report.")
+@click.option("--epochs", type=click.IntRange(min=1), default=60, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@_fails_with_message(_training_errors, interrupt=True)
+def locate_cmd(checkpoint, out, data_dir, frames, val_frames, epochs, lr, seed):
+    """Teach a trained photo model where the garment is in a camera frame: a small box head on its frozen
+    feature map (the classifier is unchanged). The exported file has a second output, `box`, and the camera's
+    `--roi auto` classifies the whole frame and the square around the garment, and averages them.
+
+    \b
+    edgefashion locate runs/soup-flip --out runs/soup-flip-locate
+    edgefashion export runs/soup-flip-locate --camera-roi auto
+    """
+    _need_torch()
+    from .training.locate import fit_locator
+    fit_locator(checkpoint, out, frames=frames, val_frames=val_frames, epochs=epochs, lr=lr, seed=seed,
+                data_dir=data_dir, log=lambda m: click.echo(m, err=True))
+
+
 def _relaunch_with_torchrun(nproc: int) -> None:
     """`--nproc N`: the same command under PyTorch's own launcher, on this machine only. Clusters call torchrun
     (or their scheduler's wrapper of it) directly."""
@@ -372,7 +400,7 @@ def _camera_default_options(f):
     for name, kind, what in (("temperature", float, "softmax temperature (probabilities = softmax(logits / T))"),
                              ("threshold", float, "'uncertain' threshold"),
                              ("smooth", float, "smoothing (EMA weight of the newest frame, 1 = none)"),
-                             ("roi", str, "region of interest (full, center:F or X,Y,W,H)")):
+                             ("roi", str, "region of interest (full, center:F, X,Y,W,H, or auto for a located model)")):
         f = click.option(f"--camera-{name}", type=kind, default=None,
                          help=f"The camera's default {what} written into the files, chosen on a camera-like "
                               f"validation video (benchmarks/camera/run.py --calibrate) [default: the source's].")(f)
@@ -513,8 +541,9 @@ _SERVE_HELP = ("Also serve the view over HTTP: / (a page with the live overlay a
                "shared network.")
 _THREADS_HELP = "onnxruntime intra-op threads [default: onnxruntime's choice, one per physical core]."
 _ROI_HELP = ("Region of interest classified: full, center:F (a centred square, F of the shorter side, e.g. "
-             "center:0.7), X,Y,W,H (pixels; fractions when written with a decimal point), or model (the model's "
-             "camera default, from its metadata).")
+             "center:0.7), X,Y,W,H (pixels; fractions when written with a decimal point), auto (models with a "
+             "garment locator: the whole image and the square around the garment found in it), or model (the "
+             "model's camera default, from its metadata).")
 
 
 def _roi(spec, clf):

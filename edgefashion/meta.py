@@ -34,6 +34,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # that fills the picture; on a webcam the garment is held near the centre and the rest is the room, so a centred
 # square is what they should classify (benchmarks/camera/README.md measures the choice).
 ROI_FULL = "full"
+# `auto`: a model with a box output (`edgefashion locate`) finds the garment in the frame; the camera classifies
+# the frame and the square around the garment, LOCATE_MARGIN times the box's longer side, and averages the two.
+ROI_AUTO = "auto"
+LOCATE_MARGIN = 1.1
 # Measured on the camera benchmark (benchmarks/camera/results.md): the default of newly trained photo models.
 PHOTO_CAMERA_ROI = "center:0.7"
 # Below this smoothed top probability the camera shows 'uncertain' (ModelMeta.threshold): the default of files
@@ -222,8 +226,10 @@ class Roi:
     Syntax (``--roi``, ModelMeta.roi): ``full``; ``center:F``, a centred square whose side is F (0 < F <= 1) of
     the frame's shorter side (its height, for a landscape camera); ``X,Y,W,H``, a rectangle, in pixels when all
     four are integers, in fractions of the frame's width and height when any has a decimal point. A rectangle is
-    clipped to the frame; one that misses the frame entirely is an error when a frame arrives."""
-    kind: str  # "full", "center" or "rect"
+    clipped to the frame; one that misses the frame entirely is an error when a frame arrives. ``auto`` or
+    ``auto:M``, for models with a garment locator: the whole frame, then the square around the garment the model
+    finds there (M times its box's longer side)."""
+    kind: str  # "full", "center", "rect" or "auto"
     values: tuple = ()
     fractional: bool = False
     spec: str = ROI_FULL
@@ -235,6 +241,15 @@ class Roi:
         text = (spec or ROI_FULL).strip().lower()
         if text == ROI_FULL:
             return cls("full", (), False, ROI_FULL)
+        if text == ROI_AUTO or text.startswith(ROI_AUTO + ":"):
+            try:
+                m = float(text.split(":", 1)[1]) if ":" in text else LOCATE_MARGIN
+            except ValueError:
+                m = -1.0
+            if not 1 <= m <= 3:
+                raise ValueError(f"ROI {spec!r}: auto:M needs 1 <= M <= 3 (the located square's side as a "
+                                 f"multiple of the garment box's longer side)")
+            return cls("auto", (m,), True, ROI_AUTO if ":" not in text else f"{ROI_AUTO}:{m:g}")
         if text.startswith(("center:", "centre:")):
             try:
                 f = float(text.split(":", 1)[1])
@@ -261,9 +276,18 @@ class Roi:
     def is_full(self) -> bool:
         return self.kind == "full"
 
+    @property
+    def locates(self) -> bool:
+        """`auto`: the model finds the garment in the whole frame, then classifies the square around it too."""
+        return self.kind == "auto"
+
+    @property
+    def margin(self) -> float:
+        return float(self.values[0]) if self.locates else 1.0
+
     def box(self, height: int, width: int) -> tuple:
         """(x0, y0, x1, y1) in pixels for a frame of this size."""
-        if self.kind == "full":
+        if self.kind in ("full", "auto"):
             return 0, 0, width, height
         if self.kind == "center":
             side = max(1, int(round(self.values[0] * min(height, width))))

@@ -11,16 +11,17 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from edgefashion.meta import PHOTO_CAMERA_ROI, MetaError, ModelMeta, Roi, fashion_mnist_meta, photo_meta
+from edgefashion.meta import LOCATE_MARGIN, PHOTO_CAMERA_ROI, MetaError, ModelMeta, Roi, fashion_mnist_meta, photo_meta
 from edgefashion.runtime.camera import FrameRunner
 from edgefashion.runtime.classifier import Classifier
-from edgefashion.runtime.preprocess import crop_roi, preprocess
+from edgefashion.runtime.preprocess import crop_roi, located_crop, preprocess, view_box
 
 LABELS = ["dress", "hat", "longsleeve", "outwear", "pants", "shirt", "shoes", "shorts", "skirt", "t-shirt"]
 
 
 def tiny_photo_model(path: Path, roi=None, drop_roi_key=False, threshold=None, smooth=None,
-                     temperature=None, background_logit=None) -> Path:
+                     temperature=None, background_logit=None, box=None) -> Path:
+    """`box`: also a second output, `box`, that says the garment is at this (cx, cy, w, h) in every image."""
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
     rng = np.random.default_rng(0)
@@ -28,10 +29,16 @@ def tiny_photo_model(path: Path, roi=None, drop_roi_key=False, threshold=None, s
     w = numpy_helper.from_array(rng.normal(0, 0.05, (n, 10)).astype(np.float32), "W")
     b = numpy_helper.from_array(np.zeros(10, np.float32), "B")
     shape = numpy_helper.from_array(np.asarray([-1, n], np.int64), "S")
-    g = helper.make_graph(
-        [helper.make_node("Reshape", ["x", "S"], ["f"]), helper.make_node("Gemm", ["f", "W", "B"], ["logits"])],
-        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 32, 32])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 10])], [w, b, shape])
+    nodes = [helper.make_node("Reshape", ["x", "S"], ["f"]), helper.make_node("Gemm", ["f", "W", "B"], ["logits"])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 10])]
+    inits = [w, b, shape]
+    if box is not None:
+        inits += [numpy_helper.from_array(np.zeros((n, 4), np.float32), "WB"),
+                  numpy_helper.from_array(np.asarray(box, np.float32), "BB")]
+        nodes.append(helper.make_node("Gemm", ["f", "WB", "BB"], ["box"]))
+        outputs.append(helper.make_tensor_value_info("box", TensorProto.FLOAT, ["n", 4]))
+    g = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 32, 32])],
+                          outputs, inits)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     meta = photo_meta("tiny", LABELS, 32, dataset="clothing-small")
@@ -294,3 +301,54 @@ def test_camera_source_without_a_readable_frame_fails_naming_it(tmp_path):
     last = p.stderr.strip().splitlines()[-1]
     assert str(bad) in last and "0 frames" in last and "none of its 2 image(s) could be read" in last
     assert "Traceback" not in p.stderr and "0 frames in" not in p.stdout
+
+
+# --- roi auto: a model with a garment locator (a second output, `box`) -----------------------------------------
+
+def test_roi_auto_parse_and_located_crop():
+    r = Roi.parse("auto")
+    assert r.locates and not r.is_full and r.margin == LOCATE_MARGIN and str(r) == "auto"
+    assert Roi.parse("auto:1.5").margin == 1.5 and Roi.parse("AUTO:1.5").spec == "auto:1.5"
+    assert r.box(480, 640) == (0, 0, 640, 480)  # the first pass sees the whole frame
+    for bad in ("auto:0.5", "auto:4", "auto:x"):
+        with pytest.raises(ValueError, match="auto:M"):
+            Roi.parse(bad)
+    meta = photo_meta("x", LABELS, 32)  # center_crop: the model's view of 640x480 is the centred 480 square
+    assert view_box(480, 640, meta) == (80, 0, 480, 480)
+    # A garment box at the view's centre, half its size: a 264 px square (margin 1.1) around (320, 240).
+    assert located_crop(480, 640, meta, (0.5, 0.5, 0.5, 0.25), 1.1) == (188, 108, 452, 372)
+    # Clipped to the frame; the view itself when the box is degenerate or not a number.
+    assert located_crop(480, 640, meta, (0.0, 0.0, 0.5, 0.5), 1.0) == (0, 0, 200, 120)
+    assert located_crop(480, 640, meta, (0.5, 0.5, 0.001, 0.001), 1.1) == (80, 0, 560, 480)
+    assert located_crop(480, 640, meta, (np.nan, 0.5, 0.5, 0.5), 1.1) == (80, 0, 560, 480)
+
+
+def test_roi_auto_classifies_frame_and_located_square(tmp_path, frame):
+    """The camera's two passes (frame, then the square around the box the model gives) match the Classifier's
+    located_logits, which predict and eval use; the guide box follows the garment."""
+    box = (0.25, 0.75, 0.4, 0.3)
+    clf = Classifier(tiny_photo_model(tmp_path / "loc.onnx", roi="auto", box=box), threads=1)
+    assert clf.locates and clf.meta.roi == "auto"
+    x0, y0, x1, y1 = located_crop(480, 640, clf.meta, box, LOCATE_MARGIN)
+    want = (clf.logits(preprocess([frame], clf.meta)) +
+            clf.logits(preprocess([frame[y0:y1, x0:x1]], clf.meta))) / 2
+    np.testing.assert_allclose(clf.located_logits([frame], LOCATE_MARGIN), want, rtol=1e-5, atol=1e-5)
+    r = FrameRunner(clf, "auto")
+    r.preprocess(frame)
+    np.testing.assert_allclose(r.infer()[None], want, rtol=1e-5, atol=1e-5)
+    assert r.located_box == (x0, y0, x1, y1)
+    r.preprocess(frame)  # a second frame: the first pass still sees the whole frame
+    np.testing.assert_allclose(r.infer()[None], want, rtol=1e-5, atol=1e-5)
+    top = clf.predict_images([frame], roi="auto")[0]
+    assert top.index == int(want.argmax())
+    video = _video(tmp_path / "clip.mp4", frame)
+    base = ("camera", "--source", video, "--headless", "--json", "--threads", "1")
+    assert _summary(run_cli(*base, "--model", clf.path).stdout)["roi"] == "auto"
+    # A model without a locator cannot take roi auto: a one-line error naming the file.
+    plain = tiny_photo_model(tmp_path / "plain.onnx")
+    for cmd in (("camera", "--source", video, "--headless", "--json", "--model", plain, "--roi", "auto"),
+                ("predict", str(tmp_path / "frame.png"), "--model", plain, "--roi", "auto")):
+        cv2.imwrite(str(tmp_path / "frame.png"), frame)
+        p = run_cli(*cmd, check=False)
+        assert p.returncode == 1 and "garment locator" in p.stderr and str(plain) in p.stderr, p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1

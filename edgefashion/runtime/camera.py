@@ -27,7 +27,7 @@ import numpy as np
 
 from ..meta import Roi
 from .classifier import Classifier
-from .preprocess import prepare
+from .preprocess import located_crop, prepare
 from .sources import RetryPolicy, SourceError, open_source
 
 MODEL_DEFAULT = "model"  # an option left to the model file's own camera default
@@ -101,7 +101,7 @@ class FrameRunner:
     def __init__(self, clf: Classifier, roi: "Roi | str | None" = None) -> None:
         import onnxruntime as ort
         m = self.meta = clf.meta
-        self.roi = Roi.parse(roi)
+        self.roi = clf.check_roi(roi)
         self._box_for: tuple = ()
         self.box: tuple = ()
         self.session = clf.session
@@ -114,6 +114,14 @@ class FrameRunner:
         self.binding = self.session.io_binding()
         self.binding.bind_ortvalue_input(clf.input_name, ort.OrtValue.ortvalue_from_numpy(self.x))
         self.binding.bind_ortvalue_output(clf.output_name, ort.OrtValue.ortvalue_from_numpy(self.logits))
+        self._frame: Optional[np.ndarray] = None
+        self.located_box: tuple = ()  # `--roi auto`: the square around the garment in the last frame
+        if self.roi.locates:
+            # `--roi auto`: the model's box output says where the garment is; a second pass classifies the square
+            # around it, and the frame's logits are the mean of both passes'.
+            self.located = np.empty((1, 4), np.float32)
+            self.first = np.empty((1, m.num_classes), np.float32)
+            self.binding.bind_ortvalue_output(clf.box_name, ort.OrtValue.ortvalue_from_numpy(self.located))
 
     def region(self, frame: np.ndarray) -> np.ndarray:
         """The ROI of `frame` (a view); its pixel box is kept in self.box, recomputed only when the frame size
@@ -127,7 +135,10 @@ class FrameRunner:
         return frame[y0:y1, x0:x1]
 
     def preprocess(self, frame: np.ndarray) -> None:
-        u8 = prepare(self.region(frame), self.meta)
+        self._frame = frame
+        self._normalize(prepare(self.region(frame), self.meta))
+
+    def _normalize(self, u8: np.ndarray) -> None:
         h = self.hwc
         np.divide(u8.reshape(h.shape), np.float32(255.0), out=h, dtype=np.float32)
         np.subtract(h, self.mean, out=h)
@@ -136,6 +147,16 @@ class FrameRunner:
 
     def infer(self) -> np.ndarray:
         self.session.run_with_iobinding(self.binding)
+        if self.roi.locates:
+            frame = self._frame
+            np.copyto(self.first, self.logits)
+            self.located_box = located_crop(frame.shape[0], frame.shape[1], self.meta, self.located[0],
+                                            self.roi.margin)
+            x0, y0, x1, y1 = self.located_box
+            self._normalize(prepare(frame[y0:y1, x0:x1], self.meta))
+            self.session.run_with_iobinding(self.binding)
+            self.logits += self.first
+            self.logits *= np.float32(0.5)
         return self.logits[0]
 
 
@@ -167,9 +188,10 @@ def peak_rss_mb() -> Optional[float]:
 
 
 GUIDE_TEXT = "hold the garment here"
+LOCATED_TEXT = "garment found here"  # `--roi auto`: the box follows the garment the model found
 
 
-def draw_guide(frame: np.ndarray, box: tuple, uncertain: bool) -> None:
+def draw_guide(frame: np.ndarray, box: tuple, uncertain: bool, text: str = GUIDE_TEXT) -> None:
     """The ROI as a guide box: the model only sees what is inside it, so the user is shown where to hold the
     garment. Corner brackets rather than a full rectangle keep the garment's edges visible."""
     x0, y0, x1, y1 = box
@@ -180,20 +202,20 @@ def draw_guide(frame: np.ndarray, box: tuple, uncertain: bool) -> None:
         cv2.line(frame, (cx, cy), (cx + dx * arm, cy), colour, 2, cv2.LINE_AA)
         cv2.line(frame, (cx, cy), (cx, cy + dy * arm), colour, 2, cv2.LINE_AA)
     font = cv2.FONT_HERSHEY_SIMPLEX
-    (tw, th), _ = cv2.getTextSize(GUIDE_TEXT, font, 0.5, 1)
+    (tw, th), _ = cv2.getTextSize(text, font, 0.5, 1)
     tx = x0 + ((x1 - x0) - tw) // 2
     ty = y1 - 8 if y1 + th + 8 >= frame.shape[0] else y1 + th + 6
     # A dark outline under the text keeps it readable over a light wall and a dark garment alike.
-    cv2.putText(frame, GUIDE_TEXT, (tx, ty), font, 0.5, (20, 20, 20), 3, cv2.LINE_AA)
-    cv2.putText(frame, GUIDE_TEXT, (tx, ty), font, 0.5, colour, 1, cv2.LINE_AA)
+    cv2.putText(frame, text, (tx, ty), font, 0.5, (20, 20, 20), 3, cv2.LINE_AA)
+    cv2.putText(frame, text, (tx, ty), font, 0.5, colour, 1, cv2.LINE_AA)
 
 
 def draw_overlay(frame: np.ndarray, labels, probs, uncertain: bool, fps: float, ms: float,
-                 truth: Optional[str] = None, guide: Optional[tuple] = None) -> None:
+                 truth: Optional[str] = None, guide: Optional[tuple] = None, guide_text: str = GUIDE_TEXT) -> None:
     """Top-k labels with probability bars, FPS and latency, drawn in place in the top-left corner; `guide`, the
-    ROI's pixel box, drawn as a "hold the garment here" box."""
+    ROI's pixel box, drawn as a "hold the garment here" box (or the located garment's, with `guide_text`)."""
     if guide:
-        draw_guide(frame, guide, uncertain)
+        draw_guide(frame, guide, uncertain, guide_text)
     font, aa = cv2.FONT_HERSHEY_SIMPLEX, cv2.LINE_AA
     h = 30 + 24 * len(labels) + (22 if truth else 0)
     cv2.rectangle(frame, (0, 0), (300, h), (32, 32, 32), -1)
@@ -341,6 +363,8 @@ class Loop:
 
     @property
     def guide(self) -> Optional[tuple]:
+        if self.roi.locates:
+            return self.runner.located_box or None
         return None if self.roi.is_full else self.runner.box
 
     @property
@@ -357,7 +381,7 @@ def open_loop(opt: CameraOptions, log: Callable[[str], None]) -> Loop:
         raise SourceError("no display (DISPLAY is not set) to open a window on; use --headless")
     clf = Classifier(opt.model, threads=opt.threads, spin=opt.spin)
     meta = clf.meta
-    roi = Roi.parse(opt.roi if opt.roi is not None else meta.roi)
+    roi = clf.check_roi(opt.roi if opt.roi is not None else meta.roi)  # before the source opens
     threshold = opt.threshold if opt.threshold is not None else meta.threshold
     temperature = opt.temperature if opt.temperature is not None else meta.temperature
     background = meta.background_logit if opt.background_logit == MODEL_DEFAULT else opt.background_logit
@@ -405,7 +429,7 @@ def emit(loop: Loop, out: TextIO, shown: Shown, truth: Optional[str], times: tup
 def _overlay(loop: Loop, frame: np.ndarray, shown: Shown, truth: Optional[str], fps: float, ms: float) -> None:
     ema, labels = loop.smoother.ema, loop.meta.labels
     draw_overlay(frame, [labels[i] for i in shown.top], [float(ema[i]) for i in shown.top], shown.unsure, fps, ms,
-                 truth, guide=loop.guide)
+                 truth, guide=loop.guide, guide_text=LOCATED_TEXT if loop.roi.locates else GUIDE_TEXT)
 
 
 def show_frame(loop: Loop, frame: np.ndarray, shown: Shown, truth: Optional[str], ms: float, dt: float) -> bool:

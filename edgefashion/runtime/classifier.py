@@ -12,8 +12,10 @@ from typing import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from ..meta import ORT_DISABLED_OPTIMIZERS_KEY, ModelMeta
-from .preprocess import preprocess
+from ..meta import ORT_DISABLED_OPTIMIZERS_KEY, ModelMeta, Roi
+from .preprocess import located_crop, preprocess
+
+BOX_OUTPUT = "box"  # a located model's second output: (cx, cy, w, h) of the garment, fractions of its view
 
 
 class ModelError(ValueError):
@@ -119,10 +121,14 @@ class Classifier:
         props = self.session.get_modelmeta().custom_metadata_map
         self.meta = ModelMeta.from_onnx_props(props, source=str(self.path))
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise ModelError(f"{self.path}: expected one input and one output, got {len(inputs)} and {len(outputs)}")
+        names = [o.name for o in outputs]
+        # One output (logits), or two (logits, box): a model with a garment locator (`edgefashion locate`).
+        if len(inputs) != 1 or not (len(outputs) == 1 or names[1:] == [BOX_OUTPUT]):
+            raise ModelError(f"{self.path}: expected one input and one output (or logits and box), got "
+                             f"{len(inputs)} and {names}")
         self.input_name = inputs[0].name
         self.output_name = outputs[0].name
+        self.box_name = BOX_OUTPUT if len(outputs) == 2 else None
         self.threads = threads
         self.spin = spin
 
@@ -142,11 +148,37 @@ class Classifier:
     def probs(self, x: np.ndarray) -> np.ndarray:
         return softmax(self.logits(x))
 
+    @property
+    def locates(self) -> bool:
+        return self.box_name is not None
+
+    def check_roi(self, roi) -> Roi:
+        """`roi` parsed; `auto` needs a model with a garment locator."""
+        roi = Roi.parse(roi)
+        if roi.locates and not self.locates:
+            raise ModelError(f"{self.path}: --roi {roi} needs a model with a garment locator (a 'box' output, "
+                             f"from `edgefashion locate`); this one has none")
+        return roi
+
+    def located_logits(self, images: Sequence[np.ndarray], margin: float) -> np.ndarray:
+        """`roi auto`: each image's logits averaged with those of the square around the garment the model
+        finds in it."""
+        x = preprocess(images, self.meta)
+        logits, boxes = self.session.run([self.output_name, self.box_name], {self.input_name: x})
+        crops = []
+        for im, b in zip(images, boxes):
+            x0, y0, x1, y1 = located_crop(im.shape[0], im.shape[1], self.meta, b, margin)
+            crops.append(im[y0:y1, x0:x1])
+        return (logits + self.logits(preprocess(crops, self.meta))) * np.float32(0.5)
+
     def predict_images(self, images: Sequence[np.ndarray], top_k: int = 3, roi=None) -> list[Prediction]:
         """Images as OpenCV decodes them (BGR, BGRA or grey uint8) -> one Prediction each; `roi` (meta.Roi
         syntax) crops each image first, the whole image by default."""
         if not len(images):
             return []
+        roi = self.check_roi(roi)
+        if roi.locates:
+            return self.predictions(softmax(self.located_logits(images, roi.margin)), top_k)
         return self.predictions(self.probs(preprocess(images, self.meta, roi)), top_k)
 
     def predictions(self, probs: np.ndarray, top_k: int = 3) -> list[Prediction]:

@@ -104,7 +104,7 @@ def evaluate(clf, data: str, split: str = TEST, *, data_dir: Optional[str] = Non
     syntax) crops every image first, the whole image by default. Splits the data set does not ship are carved
     as the model's metadata records its training carved them (`split_spec` overrides it); `seed` picks the
     `limit` subset."""
-    roi = Roi.parse(roi)
+    roi = clf.check_roi(roi)
     if split not in SPLITS:
         raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     if batch_size < 1:
@@ -123,7 +123,10 @@ def evaluate(clf, data: str, split: str = TEST, *, data_dir: Optional[str] = Non
     def run(batch_u8: np.ndarray, truth: np.ndarray) -> None:
         nonlocal t_inf
         t = time.perf_counter()
-        pred = clf.logits(normalize(batch_u8, meta)).argmax(1)
+        if roi.locates:  # whole images: the model finds the garment in each, then looks at it again
+            pred = clf.located_logits(batch_u8, roi.margin).argmax(1)
+        else:
+            pred = clf.logits(normalize(batch_u8, meta)).argmax(1)
         t_inf += time.perf_counter() - t
         np.add.at(conf, (truth, pred), 1)
         preds.append(pred)
@@ -141,7 +144,8 @@ def evaluate(clf, data: str, split: str = TEST, *, data_dir: Optional[str] = Non
         x = items[idx]
         t0 = time.perf_counter()  # the IDX files are read once; time what a device repeats per image
         for s in range(0, len(y), batch_size):
-            run(np.stack([prepare(crop_roi(im, roi), meta) for im in x[s:s + batch_size]]), y[s:s + batch_size])
+            run([im for im in x[s:s + batch_size]] if roi.locates else
+                np.stack([prepare(crop_roi(im, roi), meta) for im in x[s:s + batch_size]]), y[s:s + batch_size])
             if progress:
                 progress(min(s + batch_size, len(y)), len(y))
     else:
@@ -152,7 +156,8 @@ def evaluate(clf, data: str, split: str = TEST, *, data_dir: Optional[str] = Non
 
         def load(p: Path) -> Optional[np.ndarray]:
             try:
-                return prepare(crop_roi(efdata.read_image(p), roi), meta)
+                im = efdata.read_image(p)
+                return im if roi.locates else prepare(crop_roi(im, roi), meta)
             except DataError:
                 return None
 
@@ -164,7 +169,8 @@ def evaluate(clf, data: str, split: str = TEST, *, data_dir: Optional[str] = Non
                 ok = [i for i, im in enumerate(chunk) if im is not None]
                 bad += [paths[s + i] for i, im in enumerate(chunk) if im is None]
                 if ok:
-                    run(np.stack([chunk[i] for i in ok]), y[s:s + batch_size][ok])
+                    batch = [chunk[i] for i in ok]
+                    run(batch if roi.locates else np.stack(batch), y[s:s + batch_size][ok])
                     files += [str(paths[s + i]) for i in ok]
                 if progress:
                     progress(min(s + batch_size, len(paths)), len(paths))

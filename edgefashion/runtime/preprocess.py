@@ -99,6 +99,32 @@ def crop_roi(img: np.ndarray, roi: "Roi | str | None") -> np.ndarray:
     return img[y0:y1, x0:x1]
 
 
+def view_box(height: int, width: int, meta: ModelMeta) -> tuple:
+    """(x0, y0, w, h): the part of a height x width image that `prepare` shows the model, in its pixels: the
+    centred square for `center_crop`, all of it otherwise. A located garment's box (fractions of the model's
+    view) maps back into the image through it."""
+    if meta.resize == "center_crop":
+        s = min(height, width)
+        return (width - s) // 2, (height - s) // 2, s, s
+    return 0, 0, width, height
+
+
+def located_crop(height: int, width: int, meta: ModelMeta, box, margin: float) -> tuple:
+    """(x0, y0, x1, y1) of the square around a located garment, `box` = (cx, cy, w, h) in fractions of the
+    model's view of a height x width image, its side `margin` times the box's longer side, clipped to the
+    image. The whole view when the box is degenerate (under 16 px: no garment found, or nonsense)."""
+    vx, vy, vw, vh = view_box(height, width, meta)
+    cx, cy = vx + float(box[0]) * vw, vy + float(box[1]) * vh
+    side = max(float(box[2]) * vw, float(box[3]) * vh) * margin
+    if not (np.isfinite(cx) and np.isfinite(cy) and np.isfinite(side)):
+        return vx, vy, vx + vw, vy + vh
+    x0, x1 = max(0, int(cx - side / 2)), min(width, int(cx + side / 2))
+    y0, y1 = max(0, int(cy - side / 2)), min(height, int(cy + side / 2))
+    if x1 - x0 < 16 or y1 - y0 < 16:
+        return vx, vy, vx + vw, vy + vh
+    return x0, y0, x1, y1
+
+
 def prepare(img: np.ndarray, meta: ModelMeta) -> np.ndarray:
     """An image as OpenCV decodes it (BGR, BGRA or greyscale uint8) -> uint8 (S, S, C) in the model's colour
     order, C = meta.in_chans."""

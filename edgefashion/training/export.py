@@ -64,8 +64,10 @@ def export_onnx(model: torch.nn.Module, meta: ModelMeta, path: str | Path, *, op
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*TorchScript.*")
         try:
-            torch.onnx.export(model, (x,), buf, dynamo=False, input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            # A located model (`edgefashion locate`) has a second output: the garment's box in its view.
+            outputs = ["logits", "box"] if getattr(model, "locator", None) is not None else ["logits"]
+            torch.onnx.export(model, (x,), buf, dynamo=False, input_names=["input"], output_names=outputs,
+                              dynamic_axes={"input": {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
                               opset_version=opset, do_constant_folding=True)
         except Exception as e:
             raise ExportError(f"torch.onnx.export of {meta.model} failed ({type(e).__name__}: "
@@ -105,9 +107,14 @@ def rewrite_metadata(path: str | Path, meta: ModelMeta) -> None:
 @torch.no_grad()
 def torch_logits(model: torch.nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     model.eval()
-    out = [model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size]))).float().numpy()
+    out = [_logits(model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])))).float().numpy()
            for i in range(0, len(x), batch_size)]
     return np.concatenate(out)
+
+
+def _logits(out):
+    # A located model returns (logits, box); the checks here are about the logits.
+    return out[0] if isinstance(out, tuple) else out
 
 
 def parity(model: torch.nn.Module, onnx_path: str | Path, x: np.ndarray) -> dict:
@@ -482,6 +489,15 @@ class ExportOptions:
 
 def stage_meta(source: Source, opts: ExportOptions, created: str) -> ModelMeta:
     """The files' metadata: the source's, with its data set, split, provenance and the camera's defaults."""
+    if opts.camera_roi is not None and source.model is not None and getattr(source.model, "locator", None) is None:
+        from ..meta import Roi
+        try:
+            auto = Roi.parse(opts.camera_roi).locates
+        except ValueError:
+            auto = False  # the replace() below names the bad value
+        if auto:
+            raise ExportError(f"--camera-roi {opts.camera_roi}: {source.path} has no garment locator (make one "
+                              "with `edgefashion locate`)")
     try:  # before the data is loaded: a bad camera default fails at once
         return source.meta.replace(dataset=source.meta.dataset or str(source.cfg.get("data") or ""),
                                    split=source.meta.split or SplitSpec.from_meta(source.meta).to_dict(),

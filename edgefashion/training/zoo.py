@@ -701,29 +701,82 @@ class Ensemble(nn.Module):
     trains with random flips, and the two views' errors differ. The views go through each member as one batch
     of 2N, so the graph holds each member once."""
 
-    def __init__(self, members: Sequence[nn.Module], flip: bool = False) -> None:
+    def __init__(self, members: Sequence[nn.Module], flip: bool = False,
+                 locator: "BoxHead | None" = None) -> None:
         super().__init__()
-        if len(members) < (1 if flip else 2):
-            raise EnsembleError("an ensemble needs at least two members (or one, with --flip)")
+        if len(members) < (1 if flip or locator is not None else 2):
+            raise EnsembleError("an ensemble needs at least two members (or one, with --flip or a locator)")
         self.members = nn.ModuleList(members)
         self.flip = bool(flip)
+        self.locator = locator
+        if locator is not None:
+            split_features(members[0])  # refuses a network the box head cannot read
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor):
         n = x.shape[0]
         if self.flip:
             x = torch.cat([x, torch.flip(x, dims=[3])], 0)
-        out = self.members[0](x)
-        for m in self.members[1:]:
-            out = out + m(x)
+        box = None
+        out = None
+        for i, m in enumerate(self.members):
+            if i == 0 and self.locator is not None:
+                # The box head reads the first member's feature map of the unmirrored view: one pass of the
+                # trunk serves both outputs.
+                features, head = split_features(m)
+                f = features(x)
+                box = self.locator(f[:n])
+                logits = head(f)
+            else:
+                logits = m(x)
+            out = logits if out is None else out + logits
         if self.flip:
             out = out[:n] + out[n:]
-        return out * (1.0 / (len(self.members) * (2 if self.flip else 1)))
+        out = out * (1.0 / (len(self.members) * (2 if self.flip else 1)))
+        return out if box is None else (out, box)
+
+
+class BoxHead(nn.Module):
+    """Where the garment is, from a classifier's last feature map: (N, 4) = (cx, cy, w, h) of the garment's box
+    in fractions of the model's input view. A 1x1 convolution keeps every cell's features apart and the
+    flattening keeps where each cell is, which global pooling would throw away."""
+
+    def __init__(self, channels: int, grid: int, hidden: int = 128, reduced: int = 32) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(channels, reduced, 1), nn.ReLU(), nn.Flatten(),
+                                 nn.Linear(reduced * grid * grid, hidden), nn.ReLU(), nn.Linear(hidden, 4))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.net(f)
+
+
+def split_features(model: nn.Module) -> "tuple[nn.Module, nn.Module]":
+    """(trunk, head) of a classifier: the trunk gives the last feature map, the head pools it into logits.
+    The zoo's own networks end in pool, flatten, fc; timm's have forward_features / forward_head."""
+    if isinstance(model, nn.Sequential) and len(model) > 3 and \
+            isinstance(model[-3], (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) and \
+            isinstance(model[-2], nn.Flatten) and isinstance(model[-1], nn.Linear):
+        return model[:-3], model[-3:]
+    if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
+        return _Call(model.forward_features), _Call(model.forward_head)
+    raise EnsembleError(f"{type(model).__name__}: no feature map to locate a garment from (the zoo's networks "
+                        "end in pooling and a linear layer; this one does not)")
+
+
+class _Call(nn.Module):
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
 
 
 def build_ensemble(model_args: dict) -> Ensemble:
     """The (untrained) Ensemble a checkpoint's model_args describe."""
     members, flip = model_args.get("members"), bool(model_args.get("flip", False))
-    if not isinstance(members, list) or len(members) < (1 if flip else 2):
+    if not isinstance(members, list) or len(members) < (1 if flip or model_args.get("locator") else 2):
         raise EnsembleError("ensemble checkpoint: model_args.members must list at least two members "
                             "(one with flip)")
-    return Ensemble([create_model(m["model"], **m["model_args"]) for m in members], flip=flip)
+    loc = model_args.get("locator")
+    locator = BoxHead(int(loc["channels"]), int(loc["grid"])) if loc else None
+    return Ensemble([create_model(m["model"], **m["model_args"]) for m in members], flip=flip, locator=locator)

@@ -1,0 +1,96 @@
+"""`edgefashion locate`: a garment box head on a trained photo model's frozen trunk, exported with a second output
+and run by `predict`, `eval` and `camera` with `--roi auto`.
+
+A real run: resnet10 trained one epoch on 60 clothing-small photos at 64 px, a locator fitted on 96 camera-like
+frames, exported to INT8; the real CLI throughout (plumbing and invariants, not accuracy)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli
+from edgefashion.runtime.classifier import Classifier
+from edgefashion.runtime.sources import DEMO_SETS
+from edgefashion.training.checkpoints import load_checkpoint, model_from_checkpoint
+from edgefashion.training.locate import box_errors
+from edgefashion.training.train import TrainConfig, fit
+from edgefashion.training.zoo import BoxHead, Ensemble, EnsembleError, create_model, split_features
+
+
+def _quiet(*_a, **_k):
+    pass
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, shared_data):
+    root = tmp_path_factory.mktemp("locate")
+    cfg = TrainConfig(model="resnet10", data="clothing-small", data_dir=str(shared_data), epochs=1, limit=60,
+                      img_size=64, augment="strong", batch_size=32)
+    fit(cfg, root / "run", progress=False, log=_quiet)
+    p = run_cli("locate", root / "run", "--out", root / "loc", "--frames", "96", "--val-frames", "16",
+                "--epochs", "3")
+    assert "IoU" in p.stderr and (root / "loc" / "best.pt").is_file()
+    return root
+
+
+def test_locate_keeps_the_classifier_and_adds_a_box(runs):
+    src, _ = model_from_checkpoint(load_checkpoint(runs / "run"))
+    ckpt = load_checkpoint(runs / "loc")
+    assert ckpt["model"] == "ensemble" and ckpt["model_args"]["locator"]["grid"] == 8  # 64 px, stride-1 stem: 64 / 8
+    assert ckpt["locator"]["frames"] == 96 and 0 <= ckpt["locator"]["box"]["iou"] <= 1
+    model, meta = model_from_checkpoint(ckpt)
+    assert isinstance(model, Ensemble) and meta.model == "resnet10-locate"
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        logits, box = model(x)
+        # The trunk was frozen: the logits are the source model's, exactly.
+        torch.testing.assert_close(logits, src(x))
+    assert box.shape == (4, 4)
+    p = run_cli("locate", runs / "loc", "--out", runs / "again", check=False)
+    assert p.returncode == 1 and "already has a locator" in p.stderr
+
+
+def test_located_model_exports_and_runs_with_roi_auto(runs, tmp_path):
+    out = tmp_path / "export"
+    # A model without a locator cannot be given roi auto as its camera default.
+    p = run_cli("export", runs / "run", "--out", out, "--camera-roi", "auto", "--no-cpu-check", check=False)
+    assert p.returncode == 1 and "no garment locator" in p.stderr and not out.exists()
+    run_cli("export", runs / "loc", "--out", out, "--calib-size", "32", "--calib-methods", "minmax",
+            "--latency-runs", "3", "--max-drop", "100", "--no-cpu-check", "--camera-roi", "auto")
+    report = json.loads((out / "report.json").read_text())
+    assert report["parity"]["top1_agreement"] >= 0.999
+    clf = Classifier(out / "model.int8.onnx")
+    assert clf.locates and clf.meta.roi == "auto"
+    assert [o.name for o in clf.session.get_outputs()] == ["logits", "box"]
+    photo = sorted(p for p in DEMO_SETS["clothing-small"].rglob("*") if p.suffix.lower() in (".jpg", ".png"))[0]
+    got = json.loads(run_cli("predict", photo, "--model", out / "model.int8.onnx", "--roi", "model",
+                             "--json").stdout.strip().splitlines()[0])
+    assert got["label"] in clf.labels and 0 < got["prob"] <= 1
+    ev = json.loads(run_cli("eval", "--model", out / "model.int8.onnx", "--data", "clothing-small", "--limit",
+                            "20", "--roi", "auto", "--json").stdout)
+    assert 20 <= ev["images"] <= 22 and ev["roi"] == "auto"  # stratified: about 20
+    lines = run_cli("camera", "--model", out / "model.int8.onnx", "--source", "demo", "--headless", "--json",
+                    "--threads", "1", "--max-frames", "5").stdout.strip().splitlines()
+    assert json.loads(lines[-1])["summary"]["roi"] == "auto"
+
+
+def test_box_head_geometry_and_refusals():
+    m = create_model("resnet10", in_chans=3, num_classes=10, img_size=96)
+    trunk, head = split_features(m)
+    f = trunk(torch.zeros(2, 3, 96, 96))
+    assert f.shape == (2, 256, 6, 6) and head(f).shape == (2, 10)
+    assert BoxHead(256, 6)(f).shape == (2, 4)
+    with pytest.raises(EnsembleError, match="no feature map"):
+        split_features(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(10, 2)))
+    # Mirrored views: the logits average both views, the box is read from the unmirrored one.
+    e = Ensemble([m], flip=True, locator=BoxHead(256, 6)).eval()
+    x = torch.randn(3, 3, 96, 96)
+    with torch.no_grad():
+        logits, box = e(x)
+        torch.testing.assert_close(logits, (m(x) + m(torch.flip(x, dims=[3]))) / 2)
+        torch.testing.assert_close(box, e.locator(trunk(x)))
+    t = np.asarray([[0.5, 0.5, 0.4, 0.4]], np.float32)
+    r = box_errors(t, t)
+    assert r["iou"] == pytest.approx(1.0) and r["cx"] == 0
+    assert box_errors(np.asarray([[0.5, 0.5, 0.2, 0.4]], np.float32), t)["iou"] == pytest.approx(0.5)
