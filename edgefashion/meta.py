@@ -35,7 +35,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # square is what they should classify (benchmarks/camera/README.md measures the choice).
 ROI_FULL = "full"
 # `auto`: a model with a box output (`edgefashion locate`) finds the garment in the frame; the camera classifies
-# the frame and the square around the garment, LOCATE_MARGIN times the box's longer side, and averages the two.
+# the frame and the square around the garment (LOCATE_MARGIN times the box's longer side, mirrored), and averages
+# the two.
 ROI_AUTO = "auto"
 LOCATE_MARGIN = 1.1
 # Measured on the camera benchmark (benchmarks/camera/results.md): the default of newly trained photo models.

@@ -68,8 +68,11 @@ def test_located_model_exports_and_runs_with_roi_auto(runs, tmp_path):
                              "--json").stdout.strip().splitlines()[0])
     assert got["label"] in clf.labels and 0 < got["prob"] <= 1
     ev = json.loads(run_cli("eval", "--model", out / "model.int8.onnx", "--data", "clothing-small", "--limit",
-                            "20", "--roi", "auto", "--json").stdout)
+                            "20", "--json").stdout)  # no --roi: the model's own default is auto
     assert 20 <= ev["images"] <= 22 and ev["roi"] == "auto"  # stratified: about 20
+    full = json.loads(run_cli("eval", "--model", out / "model.int8.onnx", "--data", "clothing-small", "--limit",
+                              "20", "--roi", "full", "--json").stdout)
+    assert full["roi"] == "full"
     lines = run_cli("camera", "--model", out / "model.int8.onnx", "--source", "demo", "--headless", "--json",
                     "--threads", "1", "--max-frames", "5").stdout.strip().splitlines()
     assert json.loads(lines[-1])["summary"]["roi"] == "auto"

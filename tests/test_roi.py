@@ -330,8 +330,8 @@ def test_roi_auto_classifies_frame_and_located_square(tmp_path, frame):
     clf = Classifier(tiny_photo_model(tmp_path / "loc.onnx", roi="auto", box=box), threads=1)
     assert clf.locates and clf.meta.roi == "auto"
     x0, y0, x1, y1 = located_crop(480, 640, clf.meta, box, LOCATE_MARGIN)
-    want = (clf.logits(preprocess([frame], clf.meta)) +
-            clf.logits(preprocess([frame[y0:y1, x0:x1]], clf.meta))) / 2
+    mirrored = np.ascontiguousarray(preprocess([frame[y0:y1, x0:x1]], clf.meta)[..., ::-1])
+    want = (clf.logits(preprocess([frame], clf.meta)) + clf.logits(mirrored)) / 2
     np.testing.assert_allclose(clf.located_logits([frame], LOCATE_MARGIN), want, rtol=1e-5, atol=1e-5)
     r = FrameRunner(clf, "auto")
     r.preprocess(frame)

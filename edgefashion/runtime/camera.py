@@ -118,7 +118,7 @@ class FrameRunner:
         self.located_box: tuple = ()  # `--roi auto`: the square around the garment in the last frame
         if self.roi.locates:
             # `--roi auto`: the model's box output says where the garment is; a second pass classifies the square
-            # around it, and the frame's logits are the mean of both passes'.
+            # around it, mirrored, and the frame's logits are the mean of both passes'.
             self.located = np.empty((1, 4), np.float32)
             self.first = np.empty((1, m.num_classes), np.float32)
             self.binding.bind_ortvalue_output(clf.box_name, ort.OrtValue.ortvalue_from_numpy(self.located))
@@ -153,7 +153,7 @@ class FrameRunner:
             self.located_box = located_crop(frame.shape[0], frame.shape[1], self.meta, self.located[0],
                                             self.roi.margin)
             x0, y0, x1, y1 = self.located_box
-            self._normalize(prepare(frame[y0:y1, x0:x1], self.meta))
+            self._normalize(prepare(frame[y0:y1, x0:x1], self.meta)[:, ::-1])  # mirrored: Classifier.located_logits
             self.session.run_with_iobinding(self.binding)
             self.logits += self.first
             self.logits *= np.float32(0.5)
