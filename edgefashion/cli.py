@@ -547,13 +547,8 @@ _ROI_HELP = ("Region of interest classified: full, center:F (a centred square, F
 
 
 def _roi(spec, clf):
-    """--roi value -> what the runtime takes: `model` means the file's own ModelMeta.roi; no value, the whole
-    image (photos are framed already), or `auto` for a model whose own default is auto: its second view, the
-    mirrored square around the garment, is right more often on photos too (86.3% against 84.1% on the
-    clothing-small test photos, benchmarks/camera/README.md)."""
+    """--roi value -> what the runtime takes: `model` means the file's own ModelMeta.roi."""
     from .meta import Roi
-    if spec is None:
-        return Roi.parse(clf.meta.roi) if Roi.parse(clf.meta.roi).locates else Roi.parse("full")
     return Roi.parse(clf.meta.roi if spec == "model" else spec)
 
 
@@ -580,7 +575,7 @@ def _ort_config(entries) -> dict:
 @click.option("--json", "as_json", is_flag=True, help='JSON lines: {"image", "label", "prob", "top"} or {"image", "error"}.')
 @click.option("--threads", type=int, default=None, help=_THREADS_HELP)
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Images per onnxruntime call.")
-@click.option("--roi", default=None, help=_ROI_HELP + " [default: full; auto for a model whose own is auto]")
+@click.option("--roi", default="full", show_default=True, help=_ROI_HELP)
 @_fails_with_message(_runtime_errors)
 def predict_cmd(images, model, top_k, as_json, threads, batch_size, roi):
     """Classify image files: one line (or JSON object) per image, in the order given. An unreadable image is
@@ -637,7 +632,7 @@ def predict_cmd(images, model, top_k, as_json, threads, batch_size, roi):
               help='Write each image\'s predicted and true label index, in evaluation order, as JSON '
                    '({"labels", "predicted", "truth", "files"}; files: the image files of a class folder, else '
                    'null): to compare machines (edgefashion arm-check).')
-@click.option("--roi", default=None, help=_ROI_HELP + " [default: full; auto for a model whose own is auto]")
+@click.option("--roi", default="full", show_default=True, help=_ROI_HELP)
 @click.option("--ort-config", multiple=True, metavar="KEY=VALUE",
               help="An onnxruntime session config entry, e.g. session.x64quantprecision=1 (u8u8 kernels on x86 "
                    "without VNNI: what `cpu-check --cpu vnni` uses as VNNI's exact reference). Repeatable.")

@@ -68,7 +68,7 @@ def test_located_model_exports_and_runs_with_roi_auto(runs, tmp_path):
                              "--json").stdout.strip().splitlines()[0])
     assert got["label"] in clf.labels and 0 < got["prob"] <= 1
     ev = json.loads(run_cli("eval", "--model", out / "model.int8.onnx", "--data", "clothing-small", "--limit",
-                            "20", "--json").stdout)  # no --roi: the model's own default is auto
+                            "20", "--roi", "model", "--json").stdout)  # the model's own default: auto
     assert 20 <= ev["images"] <= 22 and ev["roi"] == "auto"  # stratified: about 20
     full = json.loads(run_cli("eval", "--model", out / "model.int8.onnx", "--data", "clothing-small", "--limit",
                               "20", "--roi", "full", "--json").stdout)
