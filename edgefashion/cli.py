@@ -500,12 +500,16 @@ def export_cmd(src, out, quantize, opset, calib_size, max_drop, allow_drop, data
 def inspect_cmd(model_path, as_json):
     """Show an exported model's metadata: labels, input, preprocessing, provenance (no torch needed)."""
     from .runtime.classifier import Classifier
-    m = Classifier(model_path, threads=1).meta
+    clf = Classifier(model_path, threads=1)
+    m = clf.meta
     if as_json:
         click.echo(json.dumps(m.to_dict(), indent=2))
         return
     click.echo(f"{model_path}: {m.model}, {m.num_classes} classes, input {m.in_chans}x{m.input_size}x{m.input_size}")
     click.echo(f"labels: {', '.join(m.labels)}")
+    if clf.locates:
+        click.echo("outputs: logits, box (a garment locator: --roi auto classifies the frame and the square around "
+                   "the garment)")
     click.echo(f"preprocessing: domain {m.domain}, resize {m.resize} ({m.interpolation}), colour {m.color}, "
                f"mean {list(m.mean)}, std {list(m.std)}")
     rule = ("the top probability" if m.background_logit is None

@@ -63,6 +63,7 @@ def test_located_model_exports_and_runs_with_roi_auto(runs, tmp_path):
     clf = Classifier(out / "model.int8.onnx")
     assert clf.locates and clf.meta.roi == "auto"
     assert [o.name for o in clf.session.get_outputs()] == ["logits", "box"]
+    assert "outputs: logits, box" in run_cli("inspect", out / "model.int8.onnx").stdout
     photo = sorted(p for p in DEMO_SETS["clothing-small"].rglob("*") if p.suffix.lower() in (".jpg", ".png"))[0]
     got = json.loads(run_cli("predict", photo, "--model", out / "model.int8.onnx", "--roi", "model",
                              "--json").stdout.strip().splitlines()[0])
