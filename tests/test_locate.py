@@ -60,6 +60,11 @@ def test_located_model_exports_and_runs_with_roi_auto(runs, tmp_path):
             "--latency-runs", "3", "--max-drop", "100", "--no-cpu-check", "--camera-roi", "auto")
     report = json.loads((out / "report.json").read_text())
     assert report["parity"]["top1_agreement"] >= 0.999
+    # The file's own roi (auto) is scored as `eval --roi model` runs it, and recorded beside the whole-image figure.
+    own = report["own_roi"]
+    assert own["roi"] == "auto" and 0 <= own["int8_test_accuracy"] <= 1
+    assert Classifier(out / "model.int8.onnx").meta.extra["own_roi_test_accuracy"] == own["int8_test_accuracy"]
+    assert "roi auto (`eval --roi model`)" in (out / "report.md").read_text()
     clf = Classifier(out / "model.int8.onnx")
     assert clf.locates and clf.meta.roi == "auto"
     assert [o.name for o in clf.session.get_outputs()] == ["logits", "box"]
@@ -71,6 +76,9 @@ def test_located_model_exports_and_runs_with_roi_auto(runs, tmp_path):
     ev = json.loads(run_cli("eval", "--model", out / "model.int8.onnx", "--data", "clothing-small", "--limit",
                             "20", "--roi", "model", "--json").stdout)  # the model's own default: auto
     assert 20 <= ev["images"] <= 22 and ev["roi"] == "auto"  # stratified: about 20
+    ev_all = json.loads(run_cli("eval", "--model", out / "model.int8.onnx", "--data", "clothing-small", "--limit",
+                                "60", "--roi", "model", "--json").stdout)
+    assert ev_all["accuracy"] == pytest.approx(own["int8_test_accuracy"])  # the same photos (limit 60), the same answers
     full = json.loads(run_cli("eval", "--model", out / "model.int8.onnx", "--data", "clothing-small", "--limit",
                               "20", "--roi", "full", "--json").stdout)
     assert full["roi"] == "full"

@@ -164,7 +164,7 @@ class Classifier:
         """`roi auto`: each image's logits averaged with those of the square around the garment the model
         finds in it, mirrored left to right (after resizing: FrameRunner does the same). Mirrored, because two
         views that differ more err apart more: on the camera calibration video the mirrored square gave 74.2%
-        of items right against 73.3% unmirrored, and on the test photos 86.3% against 83.9%
+        of items right against 73.3% unmirrored, and on the test photos 86.6% against 83.9%
         (benchmarks/camera/README.md, "A garment locator")."""
         x = preprocess(images, self.meta)
         logits, boxes = self.session.run([self.output_name, self.box_name], {self.input_name: x})

@@ -262,7 +262,7 @@ def provenance(source: Source, created: str) -> dict:
 
 # Keys an INT8 file adds to its FP32 twin's metadata: dropped when an FP32 file is the source again.
 _DERIVED_KEYS = ("quantization", "onnx_test_accuracy", "onnx_val_accuracy", ORT_DISABLED_OPTIMIZERS_KEY,
-                 "cross_cpu", "requantized_from", "requantized_from_sha256")
+                 "cross_cpu", "requantized_from", "requantized_from_sha256", "own_roi_test_accuracy")
 
 
 @dataclass
@@ -419,6 +419,33 @@ def stage_int8(report: ExportReport, opts: "ExportOptions", settings: q.QuantSet
         rewrite_metadata(int8, meta.replace(extra={**extra, "cross_cpu": report.cross_cpu}))
 
 
+def stage_own_roi(report: ExportReport, tmp: Path, meta: ModelMeta, source: Source, opts: "ExportOptions",
+                  log: Callable[[str], None]) -> None:
+    """A located file whose camera roi is auto is used with that roi (`--roi model`): score each file on the
+    test photos as `edgefashion eval --roi model` does (the runtime's own decoding, two passes per photo), and
+    record it (report.own_roi, metadata extra.own_roi_test_accuracy). The whole-image figures stay the ones
+    every check compares; this one says what the file gives as it is meant to run."""
+    from ..meta import Roi
+    from ..runtime.classifier import Classifier
+    from ..runtime.evaluate import evaluate
+    if getattr(source.model, "locator", None) is None or not Roi.parse(meta.roi).locates:
+        return
+    data = meta.dataset or str(source.cfg.get("data") or "")
+    spec = SplitSpec.from_meta(meta)
+    own = {"roi": meta.roi}
+    for name, key in ((FP32_NAME, "fp32_test_accuracy"), (INT8_NAME, "int8_test_accuracy")):
+        path = tmp / name
+        if path.is_file():
+            clf = Classifier(path, threads=1)
+            # A run trained on a --limit subset is scored on as many test photos (a stratified pick).
+            own[key] = evaluate(clf, data, "test", data_dir=opts.data_dir, roi=meta.roi, split_spec=spec,
+                                limit=source.cfg.get("limit")).accuracy
+            rewrite_metadata(path, clf.meta.replace(extra={**clf.meta.extra, "own_roi_test_accuracy": own[key]}))
+    report.own_roi = own
+    log(f"test accuracy with roi {meta.roi} (as `eval --roi model` runs it): fp32 {own['fp32_test_accuracy']:.4f}"
+        + (f", int8 {own['int8_test_accuracy']:.4f}" if "int8_test_accuracy" in own else ""))
+
+
 # What an export folder holds that export writes; anything else in it (a COMMAND or README someone put there)
 # is the user's, and a new export into the folder keeps it.
 EXPORT_FILES = frozenset({FP32_NAME, INT8_NAME, REPORT_JSON, REPORT_MD})
@@ -554,6 +581,7 @@ def export_checkpoint(src: str | Path, out_dir: str | Path | None = None, *,
         report = new_report(source, meta, opts, settings, host_cpu, created, data, fp32_rep, par)
         if opts.quantize != "none":
             stage_int8(report, opts, settings, tmp, meta, data, out_dir, log, source)
+        stage_own_roi(report, tmp, meta, source, opts, log)
         if opts.check_arm:
             _check_arm(report, tmp, opts, source.cfg, out_dir, log)
         if opts.quantize == "auto":
@@ -708,6 +736,10 @@ def report_markdown(report: ExportReport) -> str:
     row("file", f"`{f['path']}`", f"`{i['path']}`" if i else "")
     row("size", f"{f['size_bytes'] / 1024:.1f} KiB", f"{i['size_bytes'] / 1024:.1f} KiB ({r['size_ratio']:.1%})" if i else "")
     row("test accuracy", _pct(f["test_accuracy"]), _pct(i["test_accuracy"]) if i else "")
+    own = r.get("own_roi")
+    if own:
+        row(f"test accuracy, roi {own['roi']} (`eval --roi model`)", _pct(own["fp32_test_accuracy"]),
+            _pct(own.get("int8_test_accuracy")) if i else "")
     row("val accuracy", _pct(f["val_accuracy"]), _pct(i["val_accuracy"]) if i else "")
     row("latency b1 t1 (median / p90)", f"{f['latency_ms_b1_t1']:.3f} / {f['latency_p90_ms_b1_t1']:.3f} ms",
         f"{i['latency_ms_b1_t1']:.3f} / {i['latency_p90_ms_b1_t1']:.3f} ms" if i else "")
