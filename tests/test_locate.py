@@ -65,6 +65,17 @@ def test_located_model_exports_and_runs_with_roi_auto(runs, tmp_path):
     assert own["roi"] == "auto" and 0 <= own["int8_test_accuracy"] <= 1
     assert Classifier(out / "model.int8.onnx").meta.extra["own_roi_test_accuracy"] == own["int8_test_accuracy"]
     assert "roi auto (`eval --roi model`)" in (out / "report.md").read_text()
+    # Re-quantized from its FP32 file, the file still knows its locator: the same record, and a plain FP32 file
+    # is refused roi auto as well.
+    again = tmp_path / "again"
+    run_cli("export", out / "model.onnx", "--out", again, "--calib-size", "32", "--calib-methods", "minmax",
+            "--latency-runs", "3", "--max-drop", "100", "--no-cpu-check")
+    assert json.loads((again / "report.json").read_text())["own_roi"]["roi"] == "auto"
+    plain = tmp_path / "plain"
+    run_cli("export", runs / "run", "--out", plain, "--quantize", "none", "--latency-runs", "3", "--no-cpu-check")
+    p = run_cli("export", plain / "model.onnx", "--out", tmp_path / "plain-auto", "--camera-roi", "auto",
+                "--no-cpu-check", check=False)
+    assert p.returncode == 1 and "no garment locator" in p.stderr
     clf = Classifier(out / "model.int8.onnx")
     assert clf.locates and clf.meta.roi == "auto"
     assert [o.name for o in clf.session.get_outputs()] == ["logits", "box"]

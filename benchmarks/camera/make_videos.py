@@ -34,14 +34,6 @@ from edgefashion.data import scene  # noqa: E402
 W, H = 640, 480
 
 
-def garment_height(rng: np.random.Generator) -> float:
-    """Fraction of the frame's height: 80% of items in [0.5, 0.9], the rest at the extremes [0.4, 0.5), (0.9, 1]."""
-    u = rng.random()
-    if u < 0.8:
-        return float(rng.uniform(0.5, 0.9))
-    return float(rng.uniform(0.4, 0.5) if u < 0.9 else rng.uniform(0.9, 1.0))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "camera" / "videos" / "bench.mp4"))
@@ -97,7 +89,7 @@ def main() -> None:
         alpha = scene.garment_mask(img, seed=int(i))
         label = ds.labels[int(y[i])]
         look = scene.Look.random(rng)
-        height = garment_height(rng)
+        height = scene.garment_height(rng)
         cx = W / 2 + rng.uniform(-0.1, 0.1) * W
         cy = H / 2 + rng.uniform(-0.08, 0.08) * H
         b = int(rng.integers(len(bgs)))

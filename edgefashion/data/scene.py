@@ -95,6 +95,15 @@ def bbox(alpha: np.ndarray, level: float = 0.5) -> Tuple[int, int, int, int]:
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
+def garment_height(rng: np.random.Generator) -> float:
+    """A held-up garment's share of the frame's height: 80% in [0.5, 0.9], the rest at the extremes [0.4, 0.5)
+    and (0.9, 1]. The camera benchmark's videos and the locator's training frames draw it alike."""
+    u = rng.random()
+    if u < 0.8:
+        return float(rng.uniform(0.5, 0.9))
+    return float(rng.uniform(0.4, 0.5) if u < 0.9 else rng.uniform(0.9, 1.0))
+
+
 def view_of(bg: np.ndarray, rng: np.random.Generator, width: int = 640, height: int = 480) -> np.ndarray:
     """A random camera view of a background photograph: a crop of 50-100% of it at the frame's aspect,
     mirrored half the time, resized to width x height."""

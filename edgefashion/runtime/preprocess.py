@@ -44,10 +44,14 @@ def _to_bgr(img: np.ndarray) -> np.ndarray:
     return img
 
 
+def _square(height: int, width: int) -> tuple:
+    """(x0, y0, side) of the centred square of a height x width image."""
+    s = min(height, width)
+    return (width - s) // 2, (height - s) // 2, s
+
+
 def _center_square(img: np.ndarray) -> np.ndarray:
-    h, w = img.shape[:2]
-    s = min(h, w)
-    y, x = (h - s) // 2, (w - s) // 2
+    x, y, s = _square(*img.shape[:2])
     return img[y:y + s, x:x + s]
 
 
@@ -104,8 +108,8 @@ def view_box(height: int, width: int, meta: ModelMeta) -> tuple:
     centred square for `center_crop`, all of it otherwise. A located garment's box (fractions of the model's
     view) maps back into the image through it."""
     if meta.resize == "center_crop":
-        s = min(height, width)
-        return (width - s) // 2, (height - s) // 2, s, s
+        x, y, s = _square(height, width)
+        return x, y, s, s
     return 0, 0, width, height
 
 

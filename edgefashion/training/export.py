@@ -65,7 +65,7 @@ def export_onnx(model: torch.nn.Module, meta: ModelMeta, path: str | Path, *, op
         warnings.filterwarnings("ignore", message=".*TorchScript.*")
         try:
             # A located model (`edgefashion locate`) has a second output: the garment's box in its view.
-            outputs = ["logits", "box"] if getattr(model, "locator", None) is not None else ["logits"]
+            outputs = ["logits", "box"] if _located(model) else ["logits"]
             torch.onnx.export(model, (x,), buf, dynamo=False, input_names=["input"], output_names=outputs,
                               dynamic_axes={"input": {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
                               opset_version=opset, do_constant_folding=True)
@@ -110,6 +110,18 @@ def torch_logits(model: torch.nn.Module, x: np.ndarray, batch_size: int = 256) -
     out = [_logits(model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])))).float().numpy()
            for i in range(0, len(x), batch_size)]
     return np.concatenate(out)
+
+
+def _located(model: torch.nn.Module | None) -> bool:
+    return getattr(model, "locator", None) is not None
+
+
+def has_locator(source: "Source") -> bool:
+    """A garment locator in the source: its torch model's box head, or an FP32 source file's box output."""
+    if source.model is not None:
+        return _located(source.model)
+    from ..runtime.classifier import Classifier
+    return source.kind == "onnx" and Classifier(source.path, threads=1).locates
 
 
 def _logits(out):
@@ -428,7 +440,7 @@ def stage_own_roi(report: ExportReport, tmp: Path, meta: ModelMeta, source: Sour
     from ..meta import Roi
     from ..runtime.classifier import Classifier
     from ..runtime.evaluate import evaluate
-    if getattr(source.model, "locator", None) is None or not Roi.parse(meta.roi).locates:
+    if not Roi.parse(meta.roi).locates or not has_locator(source):
         return
     data = meta.dataset or str(source.cfg.get("data") or "")
     spec = SplitSpec.from_meta(meta)
@@ -516,13 +528,13 @@ class ExportOptions:
 
 def stage_meta(source: Source, opts: ExportOptions, created: str) -> ModelMeta:
     """The files' metadata: the source's, with its data set, split, provenance and the camera's defaults."""
-    if opts.camera_roi is not None and source.model is not None and getattr(source.model, "locator", None) is None:
+    if opts.camera_roi is not None:
         from ..meta import Roi
         try:
             auto = Roi.parse(opts.camera_roi).locates
         except ValueError:
             auto = False  # the replace() below names the bad value
-        if auto:
+        if auto and not has_locator(source):
             raise ExportError(f"--camera-roi {opts.camera_roi}: {source.path} has no garment locator (make one "
                               "with `edgefashion locate`)")
     try:  # before the data is loaded: a bad camera default fails at once

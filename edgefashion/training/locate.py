@@ -2,7 +2,7 @@
 
 Why: on a camera frame the garment fills 40-100% of the height and the rest is a room. Classifying the square
 around the garment as well as the whole frame, with the classifier unchanged, lifts the calibration video's items
-right at the camera's operating point from 73.0% to 76.5% (benchmarks/camera/README.md, "A garment locator").
+right at the camera's operating point from 73.0% to 75.9% (benchmarks/camera/README.md, "A garment locator").
 The model already knows where the garment is: its last feature map holds it. A small head (zoo.BoxHead) learns
 to read the box (cx, cy, w, h in fractions of the model's view) from that map, with the trunk frozen, so the
 classifier's logits stay exactly what they were and its photo accuracy with them.
@@ -38,21 +38,13 @@ from .checkpoints import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, TrainingError, 
 from .zoo import ENSEMBLE, BoxHead, Ensemble, build_ensemble, create_model, split_features
 
 FRAME_W, FRAME_H = 640, 480
-HEIGHT = (0.4, 1.0)  # the garment's share of the frame's height, mostly 0.5-0.9 as people hold it up
 OFFSET = (0.15, 0.12)  # of the frame's width / height, each way
-
-
-def garment_height(rng: np.random.Generator) -> float:
-    u = rng.random()
-    if u < 0.8:
-        return float(rng.uniform(0.5, 0.9))
-    return float(rng.uniform(HEIGHT[0], 0.5) if u < 0.9 else rng.uniform(0.9, HEIGHT[1]))
 
 
 def make_frames(paths, labels, backgrounds, n: int, meta: ModelMeta, seed: int,
                 keep_frames: bool = False) -> dict:
     """n camera-like frames of garments from `paths` over `backgrounds`: the model's preprocessed input
-    (uint8 N,S,S,C), the true boxes (float32 N,4, fractions of the model's view), the labels and, with
+    (float32 N,C,S,S, as runtime.preprocess gives it), the true boxes (float32 N,4, fractions of the model's view), the labels and, with
     `keep_frames`, the 640x480 frames themselves."""
     rng = np.random.default_rng(seed)
     mattes: dict = {}
@@ -65,7 +57,7 @@ def make_frames(paths, labels, backgrounds, n: int, meta: ModelMeta, seed: int,
             mattes[i] = (img, scene.garment_mask(img, seed=i))
         img, alpha = mattes[i]
         look = scene.Look.random(rng)
-        height = garment_height(rng) * FRAME_H
+        height = scene.garment_height(rng) * FRAME_H
         cx = FRAME_W / 2 + rng.uniform(-OFFSET[0], OFFSET[0]) * FRAME_W
         cy = FRAME_H / 2 + rng.uniform(-OFFSET[1], OFFSET[1]) * FRAME_H
         frame = scene.view_of(backgrounds[int(rng.integers(len(backgrounds)))], rng, FRAME_W, FRAME_H)
@@ -142,9 +134,9 @@ def fit_locator(src: str | Path, out: str | Path, *, frames: int = 8000, val_fra
     log(f"locate: {frames} training frames ({time.perf_counter() - t0:.0f} s)")
     f = features(trunk, tr["x"])
     del tr["x"]
-    head = BoxHead(int(f.shape[1]), int(f.shape[2]))
     if f.shape[2] != f.shape[3]:
         raise TrainingError(f"{src}: a {tuple(f.shape[2:])} feature map; the box head needs a square one")
+    head = BoxHead(int(f.shape[1]), int(f.shape[2]))
     target = torch.from_numpy(tr["box"])
     opt = torch.optim.AdamW(head.parameters(), lr / 3, weight_decay=1e-2)
     batch = 128

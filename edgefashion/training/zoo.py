@@ -709,8 +709,9 @@ class Ensemble(nn.Module):
         self.members = nn.ModuleList(members)
         self.flip = bool(flip)
         self.locator = locator
-        if locator is not None:
-            split_features(members[0])  # refuses a network the box head cannot read
+        # (trunk, head) of the first member, views of its own modules (a plain tuple: not registered again, so the
+        # state dict keeps one copy); split_features refuses a network the box head cannot read.
+        self._first_split = split_features(members[0]) if locator is not None else None
 
     def forward(self, x: torch.Tensor):
         n = x.shape[0]
@@ -722,7 +723,7 @@ class Ensemble(nn.Module):
             if i == 0 and self.locator is not None:
                 # The box head reads the first member's feature map of the unmirrored view: one pass of the
                 # trunk serves both outputs.
-                features, head = split_features(m)
+                features, head = self._first_split
                 f = features(x)
                 box = self.locator(f[:n])
                 logits = head(f)
