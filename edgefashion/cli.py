@@ -444,11 +444,15 @@ def _camera_default_options(f):
 @click.option("--allow-disagreement", is_flag=True,
               help="Keep an INT8 file that answers differently on a claimed CPU family; its metadata says so.")
 @_camera_default_options
+@click.option("--photo-roi", default=None,
+              help="predict's and eval's default view of a photo written into the files (full, flip: the image "
+                   "and its mirror image averaged, ...), chosen on the validation photos; the export also "
+                   "records its test accuracy [default: the source's; full].")
 @_fails_with_message(_export_errors, interrupt=True)
 def export_cmd(src, out, quantize, opset, calib_size, max_drop, allow_drop, data_dir, parity_images,
                calib_methods, latency_runs, check_arm, arm_subset, target, cpu_check, cpu_check_subset,
                allow_disagreement, camera_roi, camera_smooth, camera_threshold, camera_temperature,
-               camera_background_logit):
+               camera_background_logit, photo_roi):
     """Export a trained run to ONNX (model.onnx) and INT8 (model.int8.onnx), verified, with report.json and
     report.md. SRC may also be an exported model.onnx (or its folder): it is quantized again, e.g. for
     another --target, and the folder is replaced only when every check passes.
@@ -468,7 +472,8 @@ def export_cmd(src, out, quantize, opset, calib_size, max_drop, allow_drop, data
                           check_arm=check_arm, arm_subset=arm_subset, target=target, cpu_check=cpu_check,
                           cpu_check_subset=cpu_check_subset, allow_disagreement=allow_disagreement,
                           camera_roi=camera_roi, camera_smooth=camera_smooth, camera_threshold=camera_threshold,
-                          camera_temperature=camera_temperature, camera_background_logit=camera_background_logit)
+                          camera_temperature=camera_temperature, camera_background_logit=camera_background_logit,
+                          photo_roi=photo_roi)
     f, i = r.fp32, r.int8
     click.echo(f"\n{'':<8}{'size':>12}{'test acc':>10}{'val acc':>10}{'b1 t1 ms':>10}")
     for name, d in (("fp32", f), ("int8", i)):
@@ -516,6 +521,7 @@ def inspect_cmd(model_path, as_json):
             else f"P(garment) against background logit {m.background_logit:g}")
     click.echo(f"camera: roi {m.roi}, smoothing {m.smooth:g}, temperature {m.temperature:g}, 'uncertain' when "
                f"{rule} is below {m.threshold:g} (the camera's defaults)")
+    click.echo(f"photos: roi {m.photo_roi} (predict's and eval's default)")
     if m.split:
         from .data.splits import SplitSpec
         click.echo(f"split: {SplitSpec.from_meta(m)} (how training carved the splits a data set does not ship; "
@@ -546,13 +552,18 @@ _SERVE_HELP = ("Also serve the view over HTTP: / (a page with the live overlay a
 _THREADS_HELP = "onnxruntime intra-op threads [default: onnxruntime's choice, one per physical core]."
 _ROI_HELP = ("Region of interest classified: full, center:F (a centred square, F of the shorter side, e.g. "
              "center:0.7), X,Y,W,H (pixels; fractions when written with a decimal point), auto (models with a "
-             "garment locator: the whole image and the square around the garment found in it), or model (the "
-             "model's camera default, from its metadata).")
+             "garment locator: the whole image and the mirrored square around the garment found in it), flip (the "
+             "whole image and its mirror image, averaged), or model (the model's camera default, from its "
+             "metadata).")
 
 
 def _roi(spec, clf):
-    """--roi value -> what the runtime takes: `model` means the file's own ModelMeta.roi."""
+    """--roi value -> what the runtime takes: `model` means the file's own camera default (ModelMeta.roi); no
+    value (predict, eval), its photo default (ModelMeta.photo_roi): the whole image unless its export chose
+    another view on the validation photos (the bundled photo model: flip)."""
     from .meta import Roi
+    if spec is None:
+        return Roi.parse(clf.meta.photo_roi)
     return Roi.parse(clf.meta.roi if spec == "model" else spec)
 
 
@@ -579,7 +590,7 @@ def _ort_config(entries) -> dict:
 @click.option("--json", "as_json", is_flag=True, help='JSON lines: {"image", "label", "prob", "top"} or {"image", "error"}.')
 @click.option("--threads", type=int, default=None, help=_THREADS_HELP)
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Images per onnxruntime call.")
-@click.option("--roi", default="full", show_default=True, help=_ROI_HELP)
+@click.option("--roi", default=None, help=_ROI_HELP + " [default: the model's photo default, photo_roi in its metadata: full unless its export chose another]")
 @_fails_with_message(_runtime_errors)
 def predict_cmd(images, model, top_k, as_json, threads, batch_size, roi):
     """Classify image files: one line (or JSON object) per image, in the order given. An unreadable image is
@@ -636,7 +647,7 @@ def predict_cmd(images, model, top_k, as_json, threads, batch_size, roi):
               help='Write each image\'s predicted and true label index, in evaluation order, as JSON '
                    '({"labels", "predicted", "truth", "files"}; files: the image files of a class folder, else '
                    'null): to compare machines (edgefashion arm-check).')
-@click.option("--roi", default="full", show_default=True, help=_ROI_HELP)
+@click.option("--roi", default=None, help=_ROI_HELP + " [default: the model's photo default, photo_roi in its metadata: full unless its export chose another]")
 @click.option("--ort-config", multiple=True, metavar="KEY=VALUE",
               help="An onnxruntime session config entry, e.g. session.x64quantprecision=1 (u8u8 kernels on x86 "
                    "without VNNI: what `cpu-check --cpu vnni` uses as VNNI's exact reference). Repeatable.")
@@ -876,8 +887,11 @@ _CPUS_HELP = ("Comma-separated: haswell (x86 AVX2 without VNNI, qemu-x86_64), ne
               help="The aarch64 set-up for pi4/pi5 [default: $EDGEFASHION_ARM_CACHE, else ~/.cache/edgefashion/arm].")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the report as JSON to this file (- for stdout instead of the table).")
+@click.option("--roi", default=None,
+              help="eval's --roi on every CPU, e.g. model: a located file's camera path, whose box decides the "
+                   "second view's crop [default: eval's, the file's photo roi].")
 @_fails_with_message(_emulation_errors)
-def cpu_check_cmd(models, cpus, subset, data, data_dir, max_drop, threads, cache, json_path):
+def cpu_check_cmd(models, cpus, subset, data, data_dir, max_drop, threads, cache, json_path, roi):
     """Run edgefashion's own eval of each MODEL (an .onnx file or an export folder; default: every bundled
     export/*/) natively and on other CPU families, and compare the answers image by image.
 
@@ -892,7 +906,8 @@ def cpu_check_cmd(models, cpus, subset, data, data_dir, max_drop, threads, cache
     from .runtime import emulate
     log = (lambda m: click.echo(m, err=True))
     r = emulate.cpu_check(list(models) or emulate.default_models(), emulate.parse_cpus(cpus), subset=subset,
-                          data=data, data_dir=data_dir, threads=threads, max_drop=max_drop, cache=cache, log=log)
+                          data=data, data_dir=data_dir, threads=threads, max_drop=max_drop, cache=cache, log=log,
+                          roi=roi)
     _emit_check(r, json_path, emulate.format_cpu_table)
 
 

@@ -39,6 +39,9 @@ ROI_FULL = "full"
 # the two.
 ROI_AUTO = "auto"
 LOCATE_MARGIN = 1.1
+# `flip`: the whole image and its mirror image, logits averaged (test-time augmentation for photos: predict and
+# eval; ModelMeta.photo_roi records it where validation chose it).
+ROI_FLIP = "flip"
 # Measured on the camera benchmark (benchmarks/camera/results.md): the default of newly trained photo models.
 PHOTO_CAMERA_ROI = "center:0.7"
 # Below this smoothed top probability the camera shows 'uncertain' (ModelMeta.threshold): the default of files
@@ -85,8 +88,11 @@ class ModelMeta:
     domain: str = "photo"
     interpolation: str = "area"  # OpenCV INTER_AREA: the right filter for downscaling photos
     dataset: str = ""
-    # The camera's default region of interest (Roi.parse syntax); predict and eval default to the whole image.
+    # The camera's default region of interest (Roi.parse syntax).
     roi: str = ROI_FULL
+    # predict's and eval's default (Roi.parse syntax): the whole image, as photos are framed already, unless the
+    # export measured another view better on the validation photos (export --photo-roi, e.g. flip).
+    photo_roi: str = ROI_FULL
     # The camera's 'uncertain' threshold on the smoothed top probability (files made before it read as 0.5).
     threshold: float = DEFAULT_THRESHOLD
     # The camera's smoothing over frames (EMA weight of the newest; files made before it read as 0.5).
@@ -146,10 +152,11 @@ class ModelMeta:
         if self.background_logit is not None and (not _is_number(self.background_logit)
                                                   or not math.isfinite(self.background_logit)):
             raise MetaError(f"metadata background_logit must be a finite number or null, got {self.background_logit!r}")
-        try:
-            Roi.parse(self.roi)
-        except ValueError as e:
-            raise MetaError(f"metadata roi: {e}") from None
+        for name in ("roi", "photo_roi"):
+            try:
+                Roi.parse(getattr(self, name))
+            except ValueError as e:
+                raise MetaError(f"metadata {name}: {e}") from None
         # Keys this version does not know are left alone, so that a newer file still opens.
         for k, v in ((k, v) for k, v in self.split.items() if k in SPLIT_KEYS):
             if not _is_number(v) or v < 0 or (k != "seed" and v > 1):
@@ -229,8 +236,9 @@ class Roi:
     four are integers, in fractions of the frame's width and height when any has a decimal point. A rectangle is
     clipped to the frame; one that misses the frame entirely is an error when a frame arrives. ``auto`` or
     ``auto:M``, for models with a garment locator: the whole frame, then the square around the garment the model
-    finds there (M times its box's longer side)."""
-    kind: str  # "full", "center", "rect" or "auto"
+    finds there (M times its box's longer side). ``flip``: the whole image and its mirror image, logits averaged
+    (for photos: predict and eval)."""
+    kind: str  # "full", "center", "rect", "auto" or "flip"
     values: tuple = ()
     fractional: bool = False
     spec: str = ROI_FULL
@@ -242,6 +250,8 @@ class Roi:
         text = (spec or ROI_FULL).strip().lower()
         if text == ROI_FULL:
             return cls("full", (), False, ROI_FULL)
+        if text == ROI_FLIP:
+            return cls("flip", (), False, ROI_FLIP)
         if text == ROI_AUTO or text.startswith(ROI_AUTO + ":"):
             try:
                 m = float(text.split(":", 1)[1]) if ":" in text else LOCATE_MARGIN
@@ -270,8 +280,8 @@ class Roi:
             if vals and vals[2] > 0 and vals[3] > 0 and vals[0] >= 0 and vals[1] >= 0 and \
                     (not fractional or all(v <= 1 for v in vals)):
                 return cls("rect", vals, fractional, ",".join(parts))
-        raise ValueError(f"ROI {spec!r}: expected full, center:F (0 < F <= 1), or X,Y,W,H (pixels, or "
-                         f"fractions of the frame such as 0.2,0.1,0.6,0.8)")
+        raise ValueError(f"ROI {spec!r}: expected full, center:F (0 < F <= 1), X,Y,W,H (pixels, or "
+                         f"fractions of the frame such as 0.2,0.1,0.6,0.8), auto[:M] or flip")
 
     @property
     def is_full(self) -> bool:
@@ -283,12 +293,17 @@ class Roi:
         return self.kind == "auto"
 
     @property
+    def mirrors(self) -> bool:
+        """`flip`: the whole image and its mirror image, averaged."""
+        return self.kind == "flip"
+
+    @property
     def margin(self) -> float:
         return float(self.values[0]) if self.locates else 1.0
 
     def box(self, height: int, width: int) -> tuple:
         """(x0, y0, x1, y1) in pixels for a frame of this size."""
-        if self.kind in ("full", "auto"):
+        if self.kind in ("full", "auto", "flip"):
             return 0, 0, width, height
         if self.kind == "center":
             side = max(1, int(round(self.values[0] * min(height, width))))

@@ -120,7 +120,7 @@ class ExportReport(Report):
     outcome (parity, accuracy guard, cross-CPU, ARM, --quantize auto's decision)."""
     KIND = "model folder's report.json"
     OMIT_NONE = ("int8", "size_ratio", "accuracy_drop_pp", "max_drop_pp", "accuracy_guard", "cross_cpu", "arm",
-                 "auto", "own_roi", "out_dir")
+                 "auto", "own_roi", "photo_roi", "out_dir")
     model: str = _req()
     dataset: str = _req()
     source: str = _req()  # the checkpoint's (or re-quantized FP32 file's) name, never a machine's path
@@ -152,6 +152,8 @@ class ExportReport(Report):
     # A located file whose roi is auto: its test accuracy as the runtime runs it with that roi (two views per
     # photo), beside the whole-image figures above that every check compares.
     own_roi: Optional[dict] = None
+    # A file whose photo default (predict's and eval's) is not the whole image: its test accuracy so.
+    photo_roi: Optional[dict] = None
     out_dir: Optional[str] = None  # where it was written (returned to the caller; not in the file)
 
 

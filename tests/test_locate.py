@@ -56,15 +56,24 @@ def test_located_model_exports_and_runs_with_roi_auto(runs, tmp_path):
     # A model without a locator cannot be given roi auto as its camera default.
     p = run_cli("export", runs / "run", "--out", out, "--camera-roi", "auto", "--no-cpu-check", check=False)
     assert p.returncode == 1 and "no garment locator" in p.stderr and not out.exists()
+    p = run_cli("export", runs / "run", "--out", out, "--photo-roi", "auto", "--no-cpu-check", check=False)
+    assert p.returncode == 1 and "--photo-roi auto" in p.stderr and not out.exists()
     run_cli("export", runs / "loc", "--out", out, "--calib-size", "32", "--calib-methods", "minmax",
-            "--latency-runs", "3", "--max-drop", "100", "--no-cpu-check", "--camera-roi", "auto")
+            "--latency-runs", "3", "--max-drop", "100", "--no-cpu-check", "--camera-roi", "auto",
+            "--photo-roi", "flip")
     report = json.loads((out / "report.json").read_text())
     assert report["parity"]["top1_agreement"] >= 0.999
     # The file's own roi (auto) is scored as `eval --roi model` runs it, and recorded beside the whole-image figure.
     own = report["own_roi"]
     assert own["roi"] == "auto" and 0 <= own["int8_test_accuracy"] <= 1
     assert Classifier(out / "model.int8.onnx").meta.extra["own_roi_test_accuracy"] == own["int8_test_accuracy"]
-    assert "roi auto (`eval --roi model`)" in (out / "report.md").read_text()
+    assert "roi auto (the camera's)" in (out / "report.md").read_text()
+    # Its photo default (flip), as predict and eval run it without --roi: scored and recorded the same way.
+    photo_default = report["photo_roi"]
+    assert photo_default["roi"] == "flip" and 0 <= photo_default["int8_test_accuracy"] <= 1
+    assert Classifier(out / "model.int8.onnx").meta.extra["photo_roi_test_accuracy"] == \
+        photo_default["int8_test_accuracy"]
+    assert "roi flip (`predict`'s and `eval`'s default)" in (out / "report.md").read_text()
     # Re-quantized from its FP32 file, the file still knows its locator: the same record, and a plain FP32 file
     # is refused roi auto as well.
     again = tmp_path / "again"
@@ -85,8 +94,14 @@ def test_located_model_exports_and_runs_with_roi_auto(runs, tmp_path):
                              "--json").stdout.strip().splitlines()[0])
     assert got["label"] in clf.labels and 0 < got["prob"] <= 1
     ev = json.loads(run_cli("eval", "--model", out / "model.int8.onnx", "--data", "clothing-small", "--limit",
-                            "20", "--roi", "model", "--json").stdout)  # the model's own default: auto
+                            "60", "--json").stdout)  # no --roi: the file's photo default
+    assert ev["roi"] == "flip" and ev["accuracy"] == pytest.approx(photo_default["int8_test_accuracy"])
+    ev = json.loads(run_cli("eval", "--model", out / "model.int8.onnx", "--data", "clothing-small", "--limit",
+                            "20", "--roi", "model", "--json").stdout)  # the camera's default: auto
     assert 20 <= ev["images"] <= 22 and ev["roi"] == "auto"  # stratified: about 20
+    plain_ev = json.loads(run_cli("eval", "--model", plain / "model.onnx", "--data", "clothing-small", "--limit",
+                                  "20", "--json").stdout)
+    assert plain_ev["roi"] == "full"  # photos are framed already: other models see the whole image
     ev_all = json.loads(run_cli("eval", "--model", out / "model.int8.onnx", "--data", "clothing-small", "--limit",
                                 "60", "--roi", "model", "--json").stdout)
     assert ev_all["accuracy"] == pytest.approx(own["int8_test_accuracy"])  # the same photos (limit 60), the same answers

@@ -20,7 +20,7 @@ LABELS = ["dress", "hat", "longsleeve", "outwear", "pants", "shirt", "shoes", "s
 
 
 def tiny_photo_model(path: Path, roi=None, drop_roi_key=False, threshold=None, smooth=None,
-                     temperature=None, background_logit=None, box=None) -> Path:
+                     temperature=None, background_logit=None, box=None, photo_roi=None) -> Path:
     """`box`: also a second output, `box`, that says the garment is at this (cx, cy, w, h) in every image."""
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
@@ -52,6 +52,8 @@ def tiny_photo_model(path: Path, roi=None, drop_roi_key=False, threshold=None, s
         meta = meta.replace(temperature=temperature)
     if background_logit is not None:
         meta = meta.replace(background_logit=background_logit)
+    if photo_roi is not None:
+        meta = meta.replace(photo_roi=photo_roi)
     props = meta.to_onnx_props()
     if drop_roi_key:  # a file exported before ModelMeta had `roi`
         d = json.loads(props["edgefashion"])
@@ -352,3 +354,48 @@ def test_roi_auto_classifies_frame_and_located_square(tmp_path, frame):
         p = run_cli(*cmd, check=False)
         assert p.returncode == 1 and "garment locator" in p.stderr and str(plain) in p.stderr, p.stderr
         assert len(p.stderr.strip().splitlines()) == 1
+
+
+# --- roi flip: the image and its mirror image; a file's photo default (photo_roi) ---------------------------------
+
+def test_roi_flip_averages_the_image_and_its_mirror_everywhere(tmp_path, frame):
+    """predict, eval and the camera's FrameRunner give the same flip logits: the mean of the whole image's and
+    its mirror image's."""
+    r = Roi.parse("FLIP")
+    assert r.mirrors and not r.is_full and not r.locates and str(r) == "flip" and r.box(480, 640) == (0, 0, 640, 480)
+    clf = Classifier(tiny_photo_model(tmp_path / "m.onnx"), threads=1)
+    x = preprocess([frame], clf.meta)
+    want = (clf.logits(x) + clf.logits(np.ascontiguousarray(x[..., ::-1]))) / 2
+    assert not np.allclose(want, clf.logits(x), atol=1e-4)  # the mirror view changes the answer: not a no-op
+    np.testing.assert_allclose(clf.flipped_logits(x), want, rtol=1e-6, atol=1e-6)
+    runner = FrameRunner(clf, "flip")
+    for _ in range(2):  # the second frame starts from the unmirrored frame again
+        runner.preprocess(frame)
+        np.testing.assert_allclose(runner.infer()[None], want, rtol=1e-5, atol=1e-5)
+    assert clf.predict_images([frame], roi="flip")[0].index == int(want.argmax())
+
+
+def test_photo_roi_is_predict_and_evals_default(tmp_path, frame):
+    """A file's photo_roi (export --photo-roi) is what predict and eval use without --roi; the camera keeps its
+    own roi; other files see the whole image."""
+    img = tmp_path / "scene.png"
+    cv2.imwrite(str(img), frame)
+    for c in ("hat", "pants"):
+        (tmp_path / "set" / c).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "set" / c / "a.png"), frame)
+    flip = tiny_photo_model(tmp_path / "flip.onnx", photo_roi="flip", roi="center:0.7")
+    plain = tiny_photo_model(tmp_path / "plain.onnx", roi="center:0.7")
+    assert Classifier(flip).meta.photo_roi == "flip" and Classifier(plain).meta.photo_roi == "full"
+    for model, want in ((flip, "flip"), (plain, "full")):
+        ev = json.loads(run_cli("eval", "--model", model, "--data", tmp_path / "set", "--split", "all",
+                                "--json").stdout)
+        assert ev["roi"] == want
+    got = json.loads(run_cli("predict", img, "--model", flip, "--json").stdout)
+    explicit = json.loads(run_cli("predict", img, "--model", flip, "--json", "--roi", "flip").stdout)
+    assert got["top"] == explicit["top"]
+    assert "photos: roi flip" in run_cli("inspect", flip).stdout
+    video = _video(tmp_path / "clip.mp4", frame)
+    assert _summary(run_cli("camera", "--source", video, "--headless", "--json", "--model", flip).stdout)["roi"] \
+        == "center:0.7"
+    with pytest.raises(MetaError, match="photo_roi"):
+        Classifier(flip).meta.replace(photo_roi="center:2")

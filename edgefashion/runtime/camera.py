@@ -122,11 +122,13 @@ class FrameRunner:
             self.located = np.empty((1, 4), np.float32)
             self.first = np.empty((1, m.num_classes), np.float32)
             self.binding.bind_ortvalue_output(clf.box_name, ort.OrtValue.ortvalue_from_numpy(self.located))
+        elif self.roi.mirrors:
+            self.first = np.empty((1, m.num_classes), np.float32)  # `--roi flip`: the frame, then its mirror
 
     def region(self, frame: np.ndarray) -> np.ndarray:
         """The ROI of `frame` (a view); its pixel box is kept in self.box, recomputed only when the frame size
         changes."""
-        if self.roi.is_full:
+        if self.roi.is_full or self.roi.mirrors:
             return frame
         if self._box_for != frame.shape[:2]:
             self.box = self.roi.box(frame.shape[0], frame.shape[1])
@@ -154,6 +156,12 @@ class FrameRunner:
                                             self.roi.margin)
             x0, y0, x1, y1 = self.located_box
             self._normalize(prepare(frame[y0:y1, x0:x1], self.meta)[:, ::-1])  # mirrored: Classifier.located_logits
+            self.session.run_with_iobinding(self.binding)
+            self.logits += self.first
+            self.logits *= np.float32(0.5)
+        elif self.roi.mirrors:
+            np.copyto(self.first, self.logits)
+            self.x[0] = self.x[0][:, :, ::-1].copy()  # the same normalised pixels, mirrored: Classifier.flipped_logits
             self.session.run_with_iobinding(self.binding)
             self.logits += self.first
             self.logits *= np.float32(0.5)
@@ -365,7 +373,7 @@ class Loop:
     def guide(self) -> Optional[tuple]:
         if self.roi.locates:
             return self.runner.located_box or None
-        return None if self.roi.is_full else self.runner.box
+        return None if self.roi.is_full or self.roi.mirrors else self.runner.box
 
     @property
     def draws(self) -> bool:

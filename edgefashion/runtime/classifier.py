@@ -175,15 +175,25 @@ class Classifier:
         mirrored = np.ascontiguousarray(preprocess(crops, self.meta)[..., ::-1])
         return (logits + self.logits(mirrored)) * np.float32(0.5)
 
+    def flipped_logits(self, x: np.ndarray) -> np.ndarray:
+        """`roi flip`: a normalised batch's logits averaged with those of its mirror image (left to right)."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return (self.logits(x) + self.logits(np.ascontiguousarray(x[..., ::-1]))) * np.float32(0.5)
+
+    def roi_logits(self, images: Sequence[np.ndarray], roi: Roi) -> np.ndarray:
+        """Decoded images -> logits as `roi` (parsed, checked) has the model look at them."""
+        if roi.locates:
+            return self.located_logits(images, roi.margin)
+        x = preprocess(images, self.meta, roi)
+        return self.flipped_logits(x) if roi.mirrors else self.logits(x)
+
     def predict_images(self, images: Sequence[np.ndarray], top_k: int = 3, roi=None) -> list[Prediction]:
         """Images as OpenCV decodes them (BGR, BGRA or grey uint8) -> one Prediction each; `roi` (meta.Roi
         syntax) crops each image first, the whole image by default."""
         if not len(images):
             return []
         roi = self.check_roi(roi)
-        if roi.locates:
-            return self.predictions(softmax(self.located_logits(images, roi.margin)), top_k)
-        return self.predictions(self.probs(preprocess(images, self.meta, roi)), top_k)
+        return self.predictions(softmax(self.roi_logits(images, roi)), top_k)
 
     def predictions(self, probs: np.ndarray, top_k: int = 3) -> list[Prediction]:
         k = max(1, min(int(top_k), self.meta.num_classes))

@@ -304,12 +304,13 @@ def probe(env: dict, board: str = "pi4") -> dict:
 
 
 def eval_args(model: Path, data: str, subset: int, predictions: Path, *, data_dir: Optional[str] = None,
-              threads: int = 1) -> List[str]:
+              threads: int = 1, roi: Optional[str] = None) -> List[str]:
     """`edgefashion eval` on the first `subset` images of the stratified, seeded test subset (the same on
-    every machine: eval --limit is deterministic)."""
+    every machine: eval --limit is deterministic); `roi` as eval's --roi (None: its default, the file's photo
+    roi)."""
     a = ["-m", "edgefashion", "eval", "--model", str(model), "--data", data, "--split", TEST,
          "--limit", str(subset), "--json", "--predictions", str(predictions), "--threads", str(threads)]
-    return a + (["--data-dir", data_dir] if data_dir else [])
+    return a + (["--data-dir", data_dir] if data_dir else []) + (["--roi", roi] if roi else [])
 
 
 def run_eval(model: Path, data: str, subset: int, out: Path, *, arm: Optional[dict], board: str = "pi4",
@@ -420,8 +421,8 @@ def check(models: Sequence[str], *, subset: int = DEFAULT_SUBSET, cache: Optiona
     fails = guard(rows, max_drop)
     return {"board": board, "emulated_cpu": {**BOARDS[board], "features": None, **emu},
             "host": {"python": sys.version.split()[0], "machine": os.uname().machine, **host_versions()},
-            "subset": subset, "split": TEST, "max_drop_pp": max_drop, "min_fp32_agreement": MIN_FP32_AGREEMENT,
-            "rows": rows, "failures": fails, "ok": not fails, "setup_wall_s": round(setup_s, 1),
+            "subset": subset, "split": TEST, "roi": roi or "eval's default", "max_drop_pp": max_drop,
+            "min_fp32_agreement": MIN_FP32_AGREEMENT, "rows": rows, "failures": fails, "ok": not fails, "setup_wall_s": round(setup_s, 1),
             "cache": env["root"], "wall_s": round(time.perf_counter() - t0, 1),
             "note": "wall times under emulation are qemu's, not a Raspberry Pi's speed"}
 
@@ -552,10 +553,10 @@ def cpu_runner(name: str, arm_env: Optional[dict] = None) -> dict:
 
 
 def eval_on(runner: dict, model: Path, data: str, subset: int, out: Path, *, data_dir: Optional[str] = None,
-            threads: int = 1) -> dict:
+            threads: int = 1, roi: Optional[str] = None) -> dict:
     """edgefashion's own `eval --predictions` of `model` as `runner` runs it."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [*runner["prefix"], *eval_args(model, data, subset, out, data_dir=data_dir, threads=threads),
+    cmd = [*runner["prefix"], *eval_args(model, data, subset, out, data_dir=data_dir, threads=threads, roi=roi),
            *runner["eval"]]
     t0 = time.perf_counter()
     p = _run(cmd, f"edgefashion eval of {model} on {runner['cpu']} ({runner['how']})", env=runner["env"])
@@ -582,8 +583,10 @@ def claimed_families(path: Path) -> List[str]:
 def cpu_check(models: Sequence[str], cpus: Sequence[str], *, subset: int = DEFAULT_SUBSET,
               data: Optional[str] = None, data_dir: Optional[str] = None, threads: int = 1,
               max_drop: float = DEFAULT_MAX_DROP, cache: Optional[Path] = None,
-              log: Callable[[str], None] = print) -> dict:
-    """Score every model file natively and on each of `cpus`; compare each with native image by image.
+              log: Callable[[str], None] = print, roi: Optional[str] = None) -> dict:
+    """Score every model file natively and on each of `cpus`; compare each with native image by image. `roi`:
+    eval's --roi (e.g. `model`, a located file's camera path: its box decides the second view's crop), else
+    eval's default.
 
     Failures: an FP32 file whose predictions agree with native on fewer than MIN_FP32_AGREEMENT of the images;
     an INT8 file that disagrees on any image on a CPU of a family it claims (its quantization target); an INT8
@@ -606,7 +609,7 @@ def cpu_check(models: Sequence[str], cpus: Sequence[str], *, subset: int = DEFAU
             for r in runners:
                 log(f"cpu-check: {f.parent.name}/{f.name} on {r['cpu']} ({r['how']}), up to {subset} {ds} images")
                 res = eval_on(r, f, ds, subset, Path(tmp) / f"{i}-{r['cpu']}.json", data_dir=data_dir,
-                              threads=threads)
+                              threads=threads, roi=roi)
                 base = base or res
                 c = compare(base, res)
                 rows.append({"file": str(f), "folder": str(f.parent), "precision": prec, "data": ds,
@@ -619,8 +622,8 @@ def cpu_check(models: Sequence[str], cpus: Sequence[str], *, subset: int = DEFAU
     return {"host": {"python": sys.version.split()[0], "machine": os.uname().machine, "family": host_family(),
                      **host_versions()},
             "cpus": {r["cpu"]: {"family": r["family"], "how": r["how"], "name": r["name"]} for r in runners},
-            "subset": subset, "split": TEST, "max_drop_pp": max_drop, "min_fp32_agreement": MIN_FP32_AGREEMENT,
-            "rows": rows, "failures": fails, "ok": not fails, "wall_s": round(time.perf_counter() - t0, 1),
+            "subset": subset, "split": TEST, "roi": roi or "eval's default", "max_drop_pp": max_drop,
+            "min_fp32_agreement": MIN_FP32_AGREEMENT, "rows": rows, "failures": fails, "ok": not fails, "wall_s": round(time.perf_counter() - t0, 1),
             "note": "accuracy and agreement only: timings under emulation are qemu's, not the emulated CPU's speed"}
 
 

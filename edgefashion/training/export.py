@@ -274,7 +274,8 @@ def provenance(source: Source, created: str) -> dict:
 
 # Keys an INT8 file adds to its FP32 twin's metadata: dropped when an FP32 file is the source again.
 _DERIVED_KEYS = ("quantization", "onnx_test_accuracy", "onnx_val_accuracy", ORT_DISABLED_OPTIMIZERS_KEY,
-                 "cross_cpu", "requantized_from", "requantized_from_sha256", "own_roi_test_accuracy")
+                 "cross_cpu", "requantized_from", "requantized_from_sha256", "own_roi_test_accuracy",
+                 "photo_roi_test_accuracy")
 
 
 @dataclass
@@ -433,29 +434,36 @@ def stage_int8(report: ExportReport, opts: "ExportOptions", settings: q.QuantSet
 
 def stage_own_roi(report: ExportReport, tmp: Path, meta: ModelMeta, source: Source, opts: "ExportOptions",
                   log: Callable[[str], None]) -> None:
-    """A located file whose camera roi is auto is used with that roi (`--roi model`): score each file on the
-    test photos as `edgefashion eval --roi model` does (the runtime's own decoding, two passes per photo), and
-    record it (report.own_roi, metadata extra.own_roi_test_accuracy). The whole-image figures stay the ones
-    every check compares; this one says what the file gives as it is meant to run."""
+    """The whole-image figures are the ones the parity and accuracy-drop checks compare (one pass, PyTorch's own
+    view). A file is also run with other views: a located file with the camera's roi auto (report.own_roi,
+    metadata extra.own_roi_test_accuracy), and any file whose photo default is not the whole image, as
+    `predict` and `eval` run it by default (report.photo_roi, extra.photo_roi_test_accuracy, the figure `eval`
+    gives). Each is scored on the test photos with the runtime's own decoding."""
     from ..meta import Roi
+    if Roi.parse(meta.roi).locates and has_locator(source):
+        report.own_roi = _score_roi(tmp, meta, source, opts, meta.roi, "own_roi_test_accuracy", log)
+    if not Roi.parse(meta.photo_roi).is_full:
+        report.photo_roi = _score_roi(tmp, meta, source, opts, meta.photo_roi, "photo_roi_test_accuracy", log)
+
+
+def _score_roi(tmp: Path, meta: ModelMeta, source: Source, opts: "ExportOptions", roi: str, key_meta: str,
+               log: Callable[[str], None]) -> dict:
     from ..runtime.classifier import Classifier
     from ..runtime.evaluate import evaluate
-    if not Roi.parse(meta.roi).locates or not has_locator(source):
-        return
     data = meta.dataset or str(source.cfg.get("data") or "")
     spec = SplitSpec.from_meta(meta)
-    own = {"roi": meta.roi}
+    out = {"roi": roi}
     for name, key in ((FP32_NAME, "fp32_test_accuracy"), (INT8_NAME, "int8_test_accuracy")):
         path = tmp / name
         if path.is_file():
             clf = Classifier(path, threads=1)
             # A run trained on a --limit subset is scored on as many test photos (a stratified pick).
-            own[key] = evaluate(clf, data, "test", data_dir=opts.data_dir, roi=meta.roi, split_spec=spec,
+            out[key] = evaluate(clf, data, "test", data_dir=opts.data_dir, roi=roi, split_spec=spec,
                                 limit=source.cfg.get("limit")).accuracy
-            rewrite_metadata(path, clf.meta.replace(extra={**clf.meta.extra, "own_roi_test_accuracy": own[key]}))
-    report.own_roi = own
-    log(f"test accuracy with roi {meta.roi} (as `eval --roi model` runs it): fp32 {own['fp32_test_accuracy']:.4f}"
-        + (f", int8 {own['int8_test_accuracy']:.4f}" if "int8_test_accuracy" in own else ""))
+            rewrite_metadata(path, clf.meta.replace(extra={**clf.meta.extra, key_meta: out[key]}))
+    log(f"test accuracy with roi {roi}: fp32 {out['fp32_test_accuracy']:.4f}"
+        + (f", int8 {out['int8_test_accuracy']:.4f}" if "int8_test_accuracy" in out else ""))
+    return out
 
 
 # What an export folder holds that export writes; anything else in it (a COMMAND or README someone put there)
@@ -501,6 +509,7 @@ class ExportOptions:
     camera_threshold: float | None = None
     camera_temperature: float | None = None
     camera_background_logit: float | str | None = None  # a number, "none" (clear it) or None (the source's)
+    photo_roi: str | None = None  # predict's and eval's default (ModelMeta.photo_roi); None: the source's
 
     def __post_init__(self) -> None:
         if self.quantize not in QUANTIZE_MODES:
@@ -523,19 +532,23 @@ class ExportOptions:
         b = self.camera_background_logit
         if b is not None:
             out["background_logit"] = None if b == "none" else _number(b, "--camera-background-logit")
+        if self.photo_roi is not None:
+            out["photo_roi"] = self.photo_roi
         return out
 
 
 def stage_meta(source: Source, opts: ExportOptions, created: str) -> ModelMeta:
     """The files' metadata: the source's, with its data set, split, provenance and the camera's defaults."""
-    if opts.camera_roi is not None:
+    for option, value in (("--camera-roi", opts.camera_roi), ("--photo-roi", opts.photo_roi)):
+        if value is None:
+            continue
         from ..meta import Roi
         try:
-            auto = Roi.parse(opts.camera_roi).locates
+            auto = Roi.parse(value).locates
         except ValueError:
             auto = False  # the replace() below names the bad value
         if auto and not has_locator(source):
-            raise ExportError(f"--camera-roi {opts.camera_roi}: {source.path} has no garment locator (make one "
+            raise ExportError(f"{option} {value}: {source.path} has no garment locator (make one "
                               "with `edgefashion locate`)")
     try:  # before the data is loaded: a bad camera default fails at once
         return source.meta.replace(dataset=source.meta.dataset or str(source.cfg.get("data") or ""),
@@ -543,7 +556,7 @@ def stage_meta(source: Source, opts: ExportOptions, created: str) -> ModelMeta:
                                    extra=provenance(source, created), **opts.camera)
     except MetaError as e:
         raise ExportError(f"--camera-roi/--camera-smooth/--camera-threshold/--camera-temperature/"
-                          f"--camera-background-logit: {e}") from None
+                          f"--camera-background-logit/--photo-roi: {e}") from None
 
 
 def _number(v, option: str) -> float:
@@ -748,10 +761,11 @@ def report_markdown(report: ExportReport) -> str:
     row("file", f"`{f['path']}`", f"`{i['path']}`" if i else "")
     row("size", f"{f['size_bytes'] / 1024:.1f} KiB", f"{i['size_bytes'] / 1024:.1f} KiB ({r['size_ratio']:.1%})" if i else "")
     row("test accuracy", _pct(f["test_accuracy"]), _pct(i["test_accuracy"]) if i else "")
-    own = r.get("own_roi")
-    if own:
-        row(f"test accuracy, roi {own['roi']} (`eval --roi model`)", _pct(own["fp32_test_accuracy"]),
-            _pct(own.get("int8_test_accuracy")) if i else "")
+    for key, what in (("photo_roi", "`predict`'s and `eval`'s default"), ("own_roi", "the camera's")):
+        own = r.get(key)
+        if own:
+            row(f"test accuracy, roi {own['roi']} ({what})", _pct(own["fp32_test_accuracy"]),
+                _pct(own.get("int8_test_accuracy")) if i else "")
     row("val accuracy", _pct(f["val_accuracy"]), _pct(i["val_accuracy"]) if i else "")
     row("latency b1 t1 (median / p90)", f"{f['latency_ms_b1_t1']:.3f} / {f['latency_p90_ms_b1_t1']:.3f} ms",
         f"{i['latency_ms_b1_t1']:.3f} / {i['latency_p90_ms_b1_t1']:.3f} ms" if i else "")
