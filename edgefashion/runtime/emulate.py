@@ -421,8 +421,8 @@ def check(models: Sequence[str], *, subset: int = DEFAULT_SUBSET, cache: Optiona
     fails = guard(rows, max_drop)
     return {"board": board, "emulated_cpu": {**BOARDS[board], "features": None, **emu},
             "host": {"python": sys.version.split()[0], "machine": os.uname().machine, **host_versions()},
-            "subset": subset, "split": TEST, "roi": roi or "eval's default", "max_drop_pp": max_drop,
-            "min_fp32_agreement": MIN_FP32_AGREEMENT, "rows": rows, "failures": fails, "ok": not fails, "setup_wall_s": round(setup_s, 1),
+            "subset": subset, "split": TEST, "max_drop_pp": max_drop, "min_fp32_agreement": MIN_FP32_AGREEMENT,
+            "rows": rows, "failures": fails, "ok": not fails, "setup_wall_s": round(setup_s, 1),
             "cache": env["root"], "wall_s": round(time.perf_counter() - t0, 1),
             "note": "wall times under emulation are qemu's, not a Raspberry Pi's speed"}
 
