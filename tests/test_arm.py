@@ -113,6 +113,36 @@ def _side(pred, truth):
     return {"predicted": list(pred), "truth": list(truth), "accuracy": float(np.mean(np.equal(pred, truth)))}
 
 
+def test_check_and_cpu_check_assemble_their_reports_without_qemu(monkeypatch, tmp_path):
+    """The report assembly of arm-check and cpu-check, with every evaluation faked (the real runs need qemu and
+    the cached aarch64 runtime, which CI lacks): rows, agreement, ok; cpu-check's --roi reaches every CPU's eval."""
+    truth = [0, 1, 2, 3] * 5
+    model = tmp_path / "m.int8.onnx"
+    model.write_bytes(b"")
+    fake = {**_side(truth, truth), "images": len(truth), "wall_s": 0.1}
+    monkeypatch.setattr(arm, "setup", lambda cache=None, log=None: {"root": str(tmp_path)})
+    monkeypatch.setattr(arm, "probe", lambda env, board="pi4": {"cpuinfo_part": "0xd08", "onnxruntime": "1",
+                                                                 "machine": "aarch64", "hwcap": ["asimd"]})
+    monkeypatch.setattr(arm, "run_eval", lambda *a, **k: dict(fake))
+    r = arm.check([str(model)], subset=20, data="clothing-small", log=lambda *a: None)
+    assert r["ok"] and r["rows"][0]["agreement"] == 1.0 and r["rows"][0]["precision"] == "int8"
+    seen = []
+
+    def eval_on(runner, model, data, subset, out, *, data_dir=None, threads=1, roi=None):
+        seen.append((runner["cpu"], roi))
+        return dict(fake)
+
+    monkeypatch.setattr(arm, "eval_on", eval_on)
+    monkeypatch.setattr(arm, "claimed_families", lambda path: ["x86-vnni", "x86-avx2", "arm64"])
+    r = arm.cpu_check([str(model)], ["haswell", "vnni"], subset=20, data="clothing-small", roi="model",
+                      log=lambda *a: None)
+    assert r["ok"] and r["roi"] == "model" and {cpu for cpu, _ in seen} == {"native", "haswell", "vnni"}
+    assert all(roi == "model" for _, roi in seen)
+    a = arm.eval_args(model, "clothing-small", 20, tmp_path / "p.json", roi="auto:1.25")
+    assert a[a.index("--roi") + 1] == "auto:1.25"
+    assert "--roi" not in arm.eval_args(model, "clothing-small", 20, tmp_path / "p.json")
+
+
 def test_compare_counts_per_image_agreement():
     truth = [0, 1, 2, 3] * 250
     x86 = _side(truth, truth)
