@@ -132,3 +132,35 @@ def test_box_head_geometry_and_refusals():
     r = box_errors(t, t)
     assert r["iou"] == pytest.approx(1.0) and r["cx"] == 0
     assert box_errors(np.asarray([[0.5, 0.5, 0.2, 0.4]], np.float32), t)["iou"] == pytest.approx(0.5)
+
+
+def test_export_checks_a_located_files_camera_path_on_every_cpu_too(runs, tmp_path, monkeypatch):
+    """With roi auto the box decides the second view's crop, so the export's cross-CPU check runs eval both as
+    users run photos (the default) and with the camera's roi; a disagreement on either refuses the file. The
+    emulation itself is faked here (tests/test_export.py and test_arm.py run it for real)."""
+    from edgefashion.runtime import emulate
+    from edgefashion.training import export as ex
+    seen = []
+
+    def fake(disagree_roi):
+        def check(models, cpus, roi=None, **kw):
+            seen.append(roi)
+            rows = [{"cpu": c, "family": fam, "how": "emulated", "images": 60, "accuracy": 0.5,
+                     "agreement": 0.98 if (roi == disagree_roi and c == "pi4") else 1.0,
+                     "disagreements": 1 if (roi == disagree_roi and c == "pi4") else 0}
+                    for c, fam in (("native", "x86-avx2"), ("haswell", "x86-avx2"), ("vnni", "x86-vnni"),
+                                   ("pi4", "arm64"))]
+            return {"rows": rows}
+        return check
+
+    opts = dict(calib_size=32, calib_methods=("minmax",), latency_runs=3, max_drop=100, parity_images=32,
+                cpu_check=True, camera_roi="auto", photo_roi="flip", log=_quiet)
+    monkeypatch.setattr(emulate, "cpu_check", fake("nothing differs"))
+    r = ex.export_checkpoint(runs / "loc", tmp_path / "ok", **opts)
+    assert seen == [None, "auto"]  # eval's default (the photo roi), then the camera's
+    assert r.cross_cpu["verified"] is True and r.cross_cpu["camera_roi"]["roi"] == "auto"
+    assert r.cross_cpu["camera_roi"]["families"]["arm64"][0]["disagreements"] == 0
+    monkeypatch.setattr(emulate, "cpu_check", fake("auto"))
+    with pytest.raises(ex.ExportError, match=r"roi auto: pi4 \(arm64\): 1 of 60 differ"):
+        ex.export_checkpoint(runs / "loc", tmp_path / "bad", **opts)
+    assert not (tmp_path / "bad").exists()

@@ -381,30 +381,41 @@ def stage_cross_cpu(int8: Path, meta: ModelMeta, extra: dict, settings: q.QuantS
                     data_dir: str | None, allow_disagreement: bool, out_dir: Path,
                     log: Callable[[str], None]) -> dict:
     """Run the INT8 file on every CPU family its target claims (emulated where the host is another family) and
-    require the native answers, image by image; the results go into its metadata as "cross_cpu"."""
+    require the native answers, image by image; the results go into its metadata as "cross_cpu". `eval` runs it
+    as users do (its photo roi); a located file whose camera roi is auto is run that way too ("camera_roi"),
+    since there the box it computes decides the second view's crop."""
+    from ..meta import Roi
     from ..runtime import emulate
     host = emulate.host_family()
     cpus = [emulate.FAMILY_CPU[f] for f in settings.families]
-    # An AVX2 host is itself the x86-avx2 family, but its users' CPUs are checked as they are emulated.
-    try:
-        r = emulate.cpu_check([str(int8)], cpus, subset=subset, data=meta.dataset, data_dir=data_dir,
-                              max_drop=1e9, log=log)
-    except emulate.ArmError as e:
-        raise ExportError(f"cross-CPU check of target {settings.target}: {e} (--no-cpu-check skips it; the file "
-                          f"then says it is unverified)") from None
-    rows = {row["cpu"]: row for row in r["rows"]}
-    families = {}
-    for row in rows.values():
-        families.setdefault(row["family"], []).append(
-            {k: row[k] for k in ("cpu", "how", "images", "accuracy", "agreement", "disagreements")})
-    bad = [f"{row['cpu']} ({row['family']}): {row['disagreements']} of {row['images']} differ"
-           for row in rows.values() if row["family"] in settings.families and row["disagreements"]]
+    rois = [None] + ([meta.roi] if Roi.parse(meta.roi).locates else [])
+    checked, bad = {}, []
+    for roi in rois:
+        # An AVX2 host is itself the x86-avx2 family, but its users' CPUs are checked as they are emulated.
+        try:
+            r = emulate.cpu_check([str(int8)], cpus, subset=subset, data=meta.dataset, data_dir=data_dir,
+                                  max_drop=1e9, log=log, roi=roi)
+        except emulate.ArmError as e:
+            raise ExportError(f"cross-CPU check of target {settings.target}: {e} (--no-cpu-check skips it; the "
+                              f"file then says it is unverified)") from None
+        rows = {row["cpu"]: row for row in r["rows"]}
+        families = {}
+        for row in rows.values():
+            families.setdefault(row["family"], []).append(
+                {k: row[k] for k in ("cpu", "how", "images", "accuracy", "agreement", "disagreements")})
+        what = f"roi {roi}: " if roi else ""
+        bad += [f"{what}{row['cpu']} ({row['family']}): {row['disagreements']} of {row['images']} differ"
+                for row in rows.values() if row["family"] in settings.families and row["disagreements"]]
+        for row in rows.values():
+            log(f"  cross-CPU{' (roi ' + roi + ')' if roi else ''}: {row['cpu']:<8} {row['family']:<9} "
+                f"[{row['how']}] acc {row['accuracy']:.4f}, agreement with native {row['agreement']:.2%} "
+                f"({row['disagreements']} differ)")
+        checked[roi] = families
     result = {"target": settings.target, "claimed_families": list(settings.families), "host_family": host,
-              "split": TEST, "subset": subset, "families": families, "verified": not bad,
+              "split": TEST, "subset": subset, "families": checked[None], "verified": not bad,
               "accepted_disagreement": bool(bad) and allow_disagreement}
-    for row in rows.values():
-        log(f"  cross-CPU: {row['cpu']:<8} {row['family']:<9} [{row['how']}] acc {row['accuracy']:.4f}, "
-            f"agreement with native {row['agreement']:.2%} ({row['disagreements']} differ)")
+    if meta.roi in checked and len(rois) > 1:
+        result["camera_roi"] = {"roi": meta.roi, "families": checked[meta.roi]}
     if bad and not allow_disagreement:
         raise ExportError(f"--target {settings.target}: the INT8 file answers differently on a CPU family it "
                           f"claims: {'; '.join(bad)}; nothing written to {out_dir} (another --target, or "
