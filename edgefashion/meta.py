@@ -293,6 +293,11 @@ class Roi:
         return self.kind == "auto"
 
     @property
+    def crops(self) -> bool:
+        """center and rect classify a part of the frame; full, auto and flip start from the whole of it."""
+        return self.kind in ("center", "rect")
+
+    @property
     def mirrors(self) -> bool:
         """`flip`: the whole image and its mirror image, averaged."""
         return self.kind == "flip"

@@ -363,6 +363,7 @@ def test_roi_flip_averages_the_image_and_its_mirror_everywhere(tmp_path, frame):
     its mirror image's."""
     r = Roi.parse("FLIP")
     assert r.mirrors and not r.is_full and not r.locates and str(r) == "flip" and r.box(480, 640) == (0, 0, 640, 480)
+    assert not r.crops and not Roi.parse("auto").crops and Roi.parse("center:0.5").crops and Roi.parse("1,2,3,4").crops
     clf = Classifier(tiny_photo_model(tmp_path / "m.onnx"), threads=1)
     x = preprocess([frame], clf.meta)
     want = (clf.logits(x) + clf.logits(np.ascontiguousarray(x[..., ::-1]))) / 2

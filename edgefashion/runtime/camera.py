@@ -116,19 +116,19 @@ class FrameRunner:
         self.binding.bind_ortvalue_output(clf.output_name, ort.OrtValue.ortvalue_from_numpy(self.logits))
         self._frame: Optional[np.ndarray] = None
         self.located_box: tuple = ()  # `--roi auto`: the square around the garment in the last frame
-        if self.roi.locates:
-            # `--roi auto`: the model's box output says where the garment is; a second pass classifies the square
-            # around it, mirrored, and the frame's logits are the mean of both passes'.
-            self.located = np.empty((1, 4), np.float32)
+        # `--roi auto` and `--roi flip` run a second view and average the two passes' logits: the mirrored square
+        # around the garment the model's box output found, or the mirrored frame.
+        self.two_views = self.roi.locates or self.roi.mirrors
+        if self.two_views:
             self.first = np.empty((1, m.num_classes), np.float32)
+        if self.roi.locates:
+            self.located = np.empty((1, 4), np.float32)
             self.binding.bind_ortvalue_output(clf.box_name, ort.OrtValue.ortvalue_from_numpy(self.located))
-        elif self.roi.mirrors:
-            self.first = np.empty((1, m.num_classes), np.float32)  # `--roi flip`: the frame, then its mirror
 
     def region(self, frame: np.ndarray) -> np.ndarray:
         """The ROI of `frame` (a view); its pixel box is kept in self.box, recomputed only when the frame size
         changes."""
-        if self.roi.is_full or self.roi.mirrors:
+        if not self.roi.crops:
             return frame
         if self._box_for != frame.shape[:2]:
             self.box = self.roi.box(frame.shape[0], frame.shape[1])
@@ -149,19 +149,16 @@ class FrameRunner:
 
     def infer(self) -> np.ndarray:
         self.session.run_with_iobinding(self.binding)
-        if self.roi.locates:
-            frame = self._frame
+        if self.two_views:
             np.copyto(self.first, self.logits)
-            self.located_box = located_crop(frame.shape[0], frame.shape[1], self.meta, self.located[0],
-                                            self.roi.margin)
-            x0, y0, x1, y1 = self.located_box
-            self._normalize(prepare(frame[y0:y1, x0:x1], self.meta)[:, ::-1])  # mirrored: Classifier.located_logits
-            self.session.run_with_iobinding(self.binding)
-            self.logits += self.first
-            self.logits *= np.float32(0.5)
-        elif self.roi.mirrors:
-            np.copyto(self.first, self.logits)
-            self.x[0] = self.x[0][:, :, ::-1].copy()  # the same normalised pixels, mirrored: Classifier.flipped_logits
+            if self.roi.locates:
+                frame = self._frame
+                self.located_box = located_crop(frame.shape[0], frame.shape[1], self.meta, self.located[0],
+                                                self.roi.margin)
+                x0, y0, x1, y1 = self.located_box
+                self._normalize(prepare(frame[y0:y1, x0:x1], self.meta)[:, ::-1])  # Classifier.located_logits
+            else:
+                self.x[0] = self.x[0][:, :, ::-1].copy()  # the same pixels, mirrored: Classifier.flipped_logits
             self.session.run_with_iobinding(self.binding)
             self.logits += self.first
             self.logits *= np.float32(0.5)
@@ -373,7 +370,7 @@ class Loop:
     def guide(self) -> Optional[tuple]:
         if self.roi.locates:
             return self.runner.located_box or None
-        return None if self.roi.is_full or self.roi.mirrors else self.runner.box
+        return self.runner.box if self.roi.crops else None
 
     @property
     def draws(self) -> bool:

@@ -180,12 +180,15 @@ class Classifier:
         x = np.ascontiguousarray(x, dtype=np.float32)
         return (self.logits(x) + self.logits(np.ascontiguousarray(x[..., ::-1]))) * np.float32(0.5)
 
+    def view_logits(self, x: np.ndarray, roi: Roi) -> np.ndarray:
+        """A normalised batch, already cropped to `roi` -> its logits, with the mirror view where `roi` is flip."""
+        return self.flipped_logits(x) if roi.mirrors else self.logits(x)
+
     def roi_logits(self, images: Sequence[np.ndarray], roi: Roi) -> np.ndarray:
         """Decoded images -> logits as `roi` (parsed, checked) has the model look at them."""
         if roi.locates:
             return self.located_logits(images, roi.margin)
-        x = preprocess(images, self.meta, roi)
-        return self.flipped_logits(x) if roi.mirrors else self.logits(x)
+        return self.view_logits(preprocess(images, self.meta, roi), roi)
 
     def predict_images(self, images: Sequence[np.ndarray], top_k: int = 3, roi=None) -> list[Prediction]:
         """Images as OpenCV decodes them (BGR, BGRA or grey uint8) -> one Prediction each; `roi` (meta.Roi

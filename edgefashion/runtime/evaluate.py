@@ -125,10 +125,8 @@ def evaluate(clf, data: str, split: str = TEST, *, data_dir: Optional[str] = Non
         t = time.perf_counter()
         if roi.locates:  # whole images: the model finds the garment in each, then looks at it again
             pred = clf.located_logits(batch_u8, roi.margin).argmax(1)
-        elif roi.mirrors:
-            pred = clf.flipped_logits(normalize(batch_u8, meta)).argmax(1)
         else:
-            pred = clf.logits(normalize(batch_u8, meta)).argmax(1)
+            pred = clf.view_logits(normalize(batch_u8, meta), roi).argmax(1)
         t_inf += time.perf_counter() - t
         np.add.at(conf, (truth, pred), 1)
         preds.append(pred)

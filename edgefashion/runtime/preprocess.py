@@ -95,9 +95,10 @@ def fashion_mnist_domain(img: np.ndarray, size: int = 28) -> np.ndarray:
 
 
 def crop_roi(img: np.ndarray, roi: "Roi | str | None") -> np.ndarray:
-    """The region of interest of an image, as a view (no copy); `roi` None or "full" returns `img` itself."""
+    """The region of interest of an image, as a view (no copy); a roi that does not crop (None, full, auto,
+    flip) returns `img` itself."""
     roi = Roi.parse(roi)
-    if roi.is_full:
+    if not roi.crops:
         return img
     x0, y0, x1, y1 = roi.box(img.shape[0], img.shape[1])
     return img[y0:y1, x0:x1]

@@ -414,7 +414,7 @@ def stage_cross_cpu(int8: Path, meta: ModelMeta, extra: dict, settings: q.QuantS
     result = {"target": settings.target, "claimed_families": list(settings.families), "host_family": host,
               "split": TEST, "subset": subset, "families": checked[None], "verified": not bad,
               "accepted_disagreement": bool(bad) and allow_disagreement}
-    if meta.roi in checked and len(rois) > 1:
+    if len(rois) > 1:
         result["camera_roi"] = {"roi": meta.roi, "families": checked[meta.roi]}
     if bad and not allow_disagreement:
         raise ExportError(f"--target {settings.target}: the INT8 file answers differently on a CPU family it "
@@ -550,10 +550,10 @@ class ExportOptions:
 
 def stage_meta(source: Source, opts: ExportOptions, created: str) -> ModelMeta:
     """The files' metadata: the source's, with its data set, split, provenance and the camera's defaults."""
+    from ..meta import Roi
     for option, value in (("--camera-roi", opts.camera_roi), ("--photo-roi", opts.photo_roi)):
         if value is None:
             continue
-        from ..meta import Roi
         try:
             auto = Roi.parse(value).locates
         except ValueError:
