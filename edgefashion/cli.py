@@ -261,11 +261,18 @@ def ensemble_cmd(checkpoints, out, data_dir, soup, flip):
 @click.option("--epochs", type=click.IntRange(min=1), default=60, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--garment/--no-garment", default=True, show_default=True,
+              help="Also learn a garment-or-empty head (output `garment`), which the camera's 'uncertain' then "
+                   "reads instead of the logits' energy.")
+@click.option("--empty-frames", type=click.IntRange(min=16), default=None,
+              help="Garment-free training scenes for the garment head [default: a quarter of --frames].")
 @_fails_with_message(_training_errors, interrupt=True)
-def locate_cmd(checkpoint, out, data_dir, frames, val_frames, epochs, lr, seed):
+def locate_cmd(checkpoint, out, data_dir, frames, val_frames, epochs, lr, seed, garment, empty_frames):
     """Teach a trained photo model where the garment is in a camera frame: a small box head on its frozen
     feature map (the classifier is unchanged). The exported file has a second output, `box`, and the camera's
-    `--roi auto` classifies the whole frame and the square around the garment, and averages them.
+    `--roi auto` classifies the whole frame and the square around the garment, and averages them. With
+    --garment (the default) a third output, `garment`, scores whether there is a garment at all: the camera's
+    background logit is then compared with it.
 
     \b
     edgefashion locate runs/soup-flip --out runs/soup-flip-locate
@@ -274,7 +281,8 @@ def locate_cmd(checkpoint, out, data_dir, frames, val_frames, epochs, lr, seed):
     _need_torch()
     from .training.locate import fit_locator
     fit_locator(checkpoint, out, frames=frames, val_frames=val_frames, epochs=epochs, lr=lr, seed=seed,
-                data_dir=data_dir, log=lambda m: click.echo(m, err=True))
+                data_dir=data_dir, garment=garment, empty_frames=empty_frames,
+                log=lambda m: click.echo(m, err=True))
 
 
 def _relaunch_with_torchrun(nproc: int) -> None:
@@ -514,7 +522,8 @@ def inspect_cmd(model_path, as_json):
     click.echo(f"labels: {', '.join(m.labels)}")
     if clf.locates:
         click.echo("outputs: logits, box (a garment locator: --roi auto classifies the frame and the square around "
-                   "the garment)")
+                   "the garment)" + (", garment (whether a garment is there: the camera's 'uncertain' reads it)"
+                                     if clf.garment_name else ""))
     click.echo(f"preprocessing: domain {m.domain}, resize {m.resize} ({m.interpolation}), colour {m.color}, "
                f"mean {list(m.mean)}, std {list(m.std)}")
     rule = ("the top probability" if m.background_logit is None

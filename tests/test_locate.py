@@ -13,9 +13,10 @@ from conftest import run_cli
 from edgefashion.runtime.classifier import Classifier
 from edgefashion.runtime.sources import DEMO_SETS
 from edgefashion.training.checkpoints import load_checkpoint, model_from_checkpoint
-from edgefashion.training.locate import box_errors
+from edgefashion.training.locate import box_errors, fit_garment_head, garment_head_cv
+from edgefashion.training.quantize import output_head_nodes
 from edgefashion.training.train import TrainConfig, fit
-from edgefashion.training.zoo import BoxHead, Ensemble, EnsembleError, create_model, split_features
+from edgefashion.training.zoo import BoxHead, Ensemble, EnsembleError, GarmentHead, create_model, split_features
 
 
 def _quiet(*_a, **_k):
@@ -39,14 +40,22 @@ def test_locate_keeps_the_classifier_and_adds_a_box(runs):
     ckpt = load_checkpoint(runs / "loc")
     assert ckpt["model"] == "ensemble" and ckpt["model_args"]["locator"]["grid"] == 8  # 64 px, stride-1 stem: 64 / 8
     assert ckpt["locator"]["frames"] == 96 and 0 <= ckpt["locator"]["box"]["iou"] <= 1
+    # The garment head (on by default) is scored against the energy on validation and empty calibration frames.
+    assert ckpt["model_args"]["locator"]["garment"] is True and ckpt["locator"]["garment_head"] is True
+    assert set(ckpt["locator"]["empty_vs_garment"]) == {"energy_t16", "garment_head"}
+    assert all(0 <= r["auroc"] <= 1 for r in ckpt["locator"]["empty_vs_garment"].values())
+    cv = ckpt["locator"]["garment_cv"]
+    assert cv["folds"] == 5 and cv["reject"] == 0.9 and set(cv["per_scene_rejected"]) <= {
+        p.name for p in __import__("edgefashion.data.scene", fromlist=["x"]).background_paths("train")}
     model, meta = model_from_checkpoint(ckpt)
     assert isinstance(model, Ensemble) and meta.model == "resnet10-locate"
     x = torch.randn(4, 3, 64, 64)
     with torch.no_grad():
-        logits, box = model(x)
+        logits, box, garment = model(x)
         # The trunk was frozen: the logits are the source model's, exactly.
         torch.testing.assert_close(logits, src(x))
-    assert box.shape == (4, 4)
+        torch.testing.assert_close(garment, model.garment(split_features(model.members[0])[0](x)))
+    assert box.shape == (4, 4) and garment.shape == (4, 1)
     p = run_cli("locate", runs / "loc", "--out", runs / "again", check=False)
     assert p.returncode == 1 and "already has a locator" in p.stderr
 
@@ -86,9 +95,10 @@ def test_located_model_exports_and_runs_with_roi_auto(runs, tmp_path):
                 "--no-cpu-check", check=False)
     assert p.returncode == 1 and "no garment locator" in p.stderr
     clf = Classifier(out / "model.int8.onnx")
-    assert clf.locates and clf.meta.roi == "auto"
-    assert [o.name for o in clf.session.get_outputs()] == ["logits", "box"]
-    assert "outputs: logits, box" in run_cli("inspect", out / "model.int8.onnx").stdout
+    assert clf.locates and clf.meta.roi == "auto" and clf.garment_name == "garment"
+    assert [o.name for o in clf.session.get_outputs()] == ["logits", "box", "garment"]
+    assert "outputs: logits, box (a garment locator" in run_cli("inspect", out / "model.int8.onnx").stdout
+    assert "garment (whether a garment is there" in run_cli("inspect", out / "model.int8.onnx").stdout
     photo = sorted(p for p in DEMO_SETS["clothing-small"].rglob("*") if p.suffix.lower() in (".jpg", ".png"))[0]
     got = json.loads(run_cli("predict", photo, "--model", out / "model.int8.onnx", "--roi", "model",
                              "--json").stdout.strip().splitlines()[0])
@@ -164,3 +174,89 @@ def test_export_checks_a_located_files_camera_path_on_every_cpu_too(runs, tmp_pa
     with pytest.raises(ex.ExportError, match=r"roi auto: pi4 \(arm64\): 1 of 60 differ"):
         ex.export_checkpoint(runs / "loc", tmp_path / "bad", **opts)
     assert not (tmp_path / "bad").exists()
+
+
+def test_garment_head_fits_and_folds_its_standardisation():
+    """Logistic regression on pooled features: two clouds that differ in a few channels are told apart, and the
+    head's one linear layer (standardisation folded in) gives the logit the solver's weights do."""
+    g = torch.Generator().manual_seed(0)
+    garment = torch.randn(400, 16, generator=g) * 3 + 10
+    empty = torch.randn(200, 16, generator=g) * 3 + 10
+    garment[:, :3] += 8
+    head = fit_garment_head(garment, empty, 16)
+    with torch.no_grad():
+        s_g = head(garment[:, :, None, None].expand(-1, -1, 2, 2))[:, 0]
+        s_e = head(empty[:, :, None, None].expand(-1, -1, 2, 2))[:, 0]
+    assert isinstance(head, GarmentHead)
+    assert float((s_g > 0).float().mean()) > 0.9 and float((s_e < 0).float().mean()) > 0.9
+    # Balanced classes: twice as many garment frames do not push the empty ones over the line.
+    assert abs(float((s_g > 0).float().mean()) - float((s_e < 0).float().mean())) < 0.08
+    with pytest.raises(EnsembleError, match="comes with a locator"):
+        Ensemble([create_model("resnet10", num_classes=10)], flip=True, garment=head)
+
+
+def test_garment_output_stays_fp32_and_the_camera_reads_it(runs, tmp_path):
+    """The INT8 file keeps the garment head in FP32 (calibration photos would clip the empty frames' negative
+    logits to 0), and the camera's P(garment) is sigmoid(the two views' mean garment logit - background logit)."""
+    import onnx
+    from edgefashion.runtime.camera import FrameRunner, Smoother
+    from edgefashion.runtime.preprocess import located_crop, preprocess
+    out = tmp_path / "export"
+    run_cli("export", runs / "loc", "--out", out, "--calib-size", "32", "--calib-methods", "minmax",
+            "--latency-runs", "3", "--max-drop", "100", "--no-cpu-check", "--camera-roi", "auto")
+    m = onnx.load(str(out / "model.int8.onnx"))
+    producer = {t: n for n in m.graph.node for t in n.output}
+    gemm = producer["garment"]
+    inits = {i.name: i for i in m.graph.initializer}
+    assert gemm.op_type == "Gemm" and inits[gemm.input[1]].data_type == onnx.TensorProto.FLOAT
+    assert output_head_nodes(out / "model.onnx", "garment")[0] == gemm.name
+    assert output_head_nodes(out / "model.onnx", "no-such-output") == []
+    # The logits' own head is shared with nothing either, but it is quantized: only the garment head is kept FP32.
+    assert any(n.op_type == "QuantizeLinear" for n in m.graph.node)
+
+    clf = Classifier(out / "model.int8.onnx", threads=1)
+    runner = FrameRunner(clf, "auto")
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    runner.preprocess(frame)
+    logits = runner.infer().copy()
+    g = runner.garment_logit()
+    sess = clf.session
+    l0, box, g0 = sess.run(None, {clf.input_name: preprocess([frame], clf.meta)})
+    x0, y0, x1, y1 = located_crop(120, 160, clf.meta, box[0], runner.roi.margin)
+    crop = np.ascontiguousarray(preprocess([frame[y0:y1, x0:x1]], clf.meta)[..., ::-1])
+    l1, _, g1 = sess.run(None, {clf.input_name: crop})
+    np.testing.assert_allclose(logits, (l0[0] + l1[0]) / 2, rtol=1e-5, atol=1e-5)
+    assert g == pytest.approx(float(g0[0, 0] + g1[0, 0]) / 2, abs=1e-5)
+    s = Smoother(clf.meta.num_classes, 1.0, 16.0, 1.5)
+    s.update(logits, g)
+    assert s.garment == pytest.approx(1 / (1 + np.exp(-(g - 1.5))), abs=1e-6)
+    # The classes shown are their own softmax, whatever decides 'uncertain'.
+    e = np.exp(logits - logits.max())
+    np.testing.assert_allclose(s.ema, e / e.sum(), rtol=1e-5, atol=1e-6)
+    lines = run_cli("camera", "--model", out / "model.int8.onnx", "--source", "demo", "--headless", "--json",
+                    "--threads", "1", "--max-frames", "4", "--background-logit", "1.5").stdout.strip().splitlines()
+    assert all(0 <= json.loads(line)["garment"] <= 1 for line in lines[:-1])
+
+
+def test_garment_head_cross_validation_finds_the_scenes_it_cannot_reject():
+    """Scene-level folds: each scene is scored by a head that never saw it. Two of twelve scenes look like
+    garments; a head that saw them learns to reject them, one that did not cannot: the cross-validated cut sits
+    above the in-sample one, and those two scenes are the ones rejected least."""
+    g = torch.Generator().manual_seed(1)
+    rng = np.random.default_rng(1)
+    fg = torch.randn(600, 8, generator=g)
+    fg[:, :2] += 3
+    sg = rng.integers(0, 12, 600)
+    se = np.repeat(np.arange(12), 40)
+    fe = torch.randn(len(se), 8, generator=g)
+    odd = torch.from_numpy(se >= 10)
+    fe[odd, :2] += 3  # garment-like on the garment channels...
+    fe[odd, 2 + torch.from_numpy(se[se >= 10] - 10)] += 4  # ...and unlike anything else on a channel of their own
+    cv = garment_head_cv(fg, sg, fe, se, 8, folds=4, seed=0)
+    head = fit_garment_head(fg, fe, 8)
+    with torch.no_grad():
+        in_sample = float(np.quantile(head(fe[:, :, None, None])[:, 0].numpy(), 0.9))
+    assert cv["cut"] > in_sample
+    worst = sorted(cv["per_scene_rejected"], key=cv["per_scene_rejected"].get)[:2]
+    assert sorted(worst) == [10, 11] and cv["scenes_below_80"] >= 2 and 0 <= cv["garment_kept"] <= 1

@@ -232,6 +232,27 @@ def test_smoother_background_logit_is_the_energy_rule():
     assert s.garment is None and s.ema.sum() == pytest.approx(1.0)
 
 
+def test_smoother_reads_a_garment_head_instead_of_the_energy():
+    """A file with a garment head: P(garment) = sigmoid(g - b), whatever T; the shown classes are still their
+    own softmax; smoothing averages 'nothing there' as before; without a background logit g is ignored."""
+    from edgefashion.runtime.camera import Smoother, decide
+    logits = np.array([2.0, 1.5, 1.4, -1.0], np.float32)
+    for T in (1.0, 16.0):
+        s = Smoother(4, 1.0, T, 0.7)
+        s.update(logits, -1.3)
+        assert s.garment == pytest.approx(1 / (1 + np.exp(2.0)), rel=1e-5)
+        np.testing.assert_allclose(s.ema, np.exp(logits) / np.exp(logits).sum(), rtol=1e-5)
+        assert decide(s.ema, 3, 0.5, s.garment).unsure is True
+    s = Smoother(4, 0.5, 16.0, 0.0)
+    s.update(logits, 50.0)
+    s.update(logits, -50.0)
+    assert s.garment == pytest.approx(0.5, abs=1e-4)
+    assert Smoother(4, 1.0, 1.0, 0.0).garment == 1.0
+    s = Smoother(4, 1.0, 1.0)
+    s.update(logits, -50.0)
+    assert s.garment is None and int(np.argmax(s.ema)) == 0
+
+
 def test_camera_background_logit_from_metadata_and_options(tmp_path, frame):
     """The file's own background logit unless --background-logit overrides it (none: the top-probability rule);
     JSON lines carry "garment"; a threshold t at b = 0 makes the same decisions as b = logit(t) at 0.5 (the

@@ -124,6 +124,12 @@ class FrameRunner:
         if self.roi.locates:
             self.located = np.empty((1, 4), np.float32)
             self.binding.bind_ortvalue_output(clf.box_name, ort.OrtValue.ortvalue_from_numpy(self.located))
+        # A file with a garment head: its 'is there a garment' logit, averaged over the views like the logits.
+        self.garment: Optional[np.ndarray] = None
+        if clf.garment_name is not None:
+            self.garment = np.empty((1, 1), np.float32)
+            self._first_garment = np.empty((1, 1), np.float32)
+            self.binding.bind_ortvalue_output(clf.garment_name, ort.OrtValue.ortvalue_from_numpy(self.garment))
 
     def region(self, frame: np.ndarray) -> np.ndarray:
         """The ROI of `frame` (a view); its pixel box is kept in self.box, recomputed only when the frame size
@@ -151,6 +157,8 @@ class FrameRunner:
         self.session.run_with_iobinding(self.binding)
         if self.two_views:
             np.copyto(self.first, self.logits)
+            if self.garment is not None:
+                np.copyto(self._first_garment, self.garment)
             if self.roi.locates:
                 frame = self._frame
                 self.located_box = located_crop(frame.shape[0], frame.shape[1], self.meta, self.located[0],
@@ -162,7 +170,14 @@ class FrameRunner:
             self.session.run_with_iobinding(self.binding)
             self.logits += self.first
             self.logits *= np.float32(0.5)
+            if self.garment is not None:
+                self.garment += self._first_garment
+                self.garment *= np.float32(0.5)
         return self.logits[0]
+
+    def garment_logit(self) -> Optional[float]:
+        """The last frame's garment logit (after infer()), None for a file without a garment head."""
+        return None if self.garment is None else float(self.garment[0, 0])
 
 
 def rss_mb() -> Optional[float]:
@@ -256,7 +271,10 @@ class Smoother:
     shows the garment classes' probabilities given that a garment is there (summing to 1, as without b), at
     temperature 1 and smoothed alike: there T only sets how P(garment) ranks frames (calibrated T of 8-16 would
     show every class near 1/K), and T does not change the classes' order, so what is shown and what is decided
-    agree."""
+    agree.
+
+    A file with a garment head gives update() its garment logit g as well: then P(garment) = sigmoid(g - b),
+    which replaces the energy's (the classes' share of it is their softmax at T), and T no longer matters."""
 
     def __init__(self, num_classes: int, alpha: float, temperature: float = 1.0,
                  background_logit: Optional[float] = None) -> None:
@@ -275,14 +293,20 @@ class Smoother:
         self.garment: Optional[float] = None if self.background_logit is None else 1.0
         self._started = False
 
-    def update(self, logits: np.ndarray) -> None:
+    def update(self, logits: np.ndarray, garment: Optional[float] = None) -> None:
         p, k = self._p, self._k
         p[:k] = logits
         if self._inv_t != 1:
             p[:k] *= self._inv_t
-        if self.background_logit is not None:
-            p[k] = self.background_logit
-        _softmax_inplace(p)
+        if self.background_logit is not None and garment is not None:
+            _softmax_inplace(p[:k])
+            nothing = 1.0 / (1.0 + math.exp(min(garment - self.background_logit, 80.0)))
+            p[:k] *= np.float32(1.0 - nothing)
+            p[k] = nothing
+        else:
+            if self.background_logit is not None:
+                p[k] = self.background_logit
+            _softmax_inplace(p)
         first = not self._started
         self._started = True
         self._smooth(self._ema, p, first)
@@ -500,7 +524,7 @@ def run_camera(opt: CameraOptions, out: TextIO = sys.stdout, log: Callable[[str]
             t1 = perf()
             runner.preprocess(frame)
             t2 = perf()
-            smoother.update(runner.infer())
+            smoother.update(runner.infer(), runner.garment_logit())
             t3 = perf()
             shown = decide(smoother.ema, loop.k, loop.threshold, smoother.garment)
             tally.count(shown, smoother.probs, truth, loop.label_index)

@@ -16,6 +16,8 @@ from ..meta import ORT_DISABLED_OPTIMIZERS_KEY, ModelMeta, Roi
 from .preprocess import located_crop, preprocess
 
 BOX_OUTPUT = "box"  # a located model's second output: (cx, cy, w, h) of the garment, fractions of its view
+# A located model's optional third output: (N, 1), the logit of 'a garment is there' against 'only a room'.
+GARMENT_OUTPUT = "garment"
 
 
 class ModelError(ValueError):
@@ -122,13 +124,15 @@ class Classifier:
         self.meta = ModelMeta.from_onnx_props(props, source=str(self.path))
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         names = [o.name for o in outputs]
-        # One output (logits), or two (logits, box): a model with a garment locator (`edgefashion locate`).
-        if len(inputs) != 1 or not (len(outputs) == 1 or names[1:] == [BOX_OUTPUT]):
-            raise ModelError(f"{self.path}: expected one input and one output (or logits and box), got "
-                             f"{len(inputs)} and {names}")
+        # One output (logits), or two (logits, box): a model with a garment locator (`edgefashion locate`), or
+        # three (logits, box, garment): one that also tells whether there is a garment at all.
+        if len(inputs) != 1 or names[1:] not in ([], [BOX_OUTPUT], [BOX_OUTPUT, GARMENT_OUTPUT]):
+            raise ModelError(f"{self.path}: expected one input and one output (or logits, box and optionally "
+                             f"garment), got {len(inputs)} and {names}")
         self.input_name = inputs[0].name
         self.output_name = outputs[0].name
-        self.box_name = BOX_OUTPUT if len(outputs) == 2 else None
+        self.box_name = BOX_OUTPUT if len(outputs) >= 2 else None
+        self.garment_name = GARMENT_OUTPUT if len(outputs) == 3 else None
         self.threads = threads
         self.spin = spin
 

@@ -64,8 +64,11 @@ def export_onnx(model: torch.nn.Module, meta: ModelMeta, path: str | Path, *, op
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*TorchScript.*")
         try:
-            # A located model (`edgefashion locate`) has a second output: the garment's box in its view.
-            outputs = ["logits", "box"] if _located(model) else ["logits"]
+            # A located model (`edgefashion locate`) has a second output, the garment's box in its view, and
+            # may have a third, whether there is a garment at all.
+            outputs = ["logits"]
+            if _located(model):
+                outputs += ["box"] + (["garment"] if getattr(model, "garment", None) is not None else [])
             torch.onnx.export(model, (x,), buf, dynamo=False, input_names=["input"], output_names=outputs,
                               dynamic_axes={"input": {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
                               opset_version=opset, do_constant_folding=True)

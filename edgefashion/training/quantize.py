@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from ..runtime.classifier import GARMENT_OUTPUT
+
 import numpy as np
 
 from ..names import TRAIN
@@ -230,6 +232,7 @@ def quantize_static_file(pre_path: Path, out_path: Path, calib_x: np.ndarray, se
     if len(calib_x) == 0:
         raise QuantizeError("static quantization needs calibration images (--calib-size > 0)")
     reader = _calibration_reader(calib_x, _input_name(pre_path))
+    nodes_to_exclude = [*nodes_to_exclude, *output_head_nodes(pre_path, GARMENT_OUTPUT)]
     try:
         # The histogram calibrators print progress with print(); keep the export's own log readable.
         with contextlib.redirect_stdout(io.StringIO()):
@@ -245,6 +248,34 @@ def quantize_static_file(pre_path: Path, out_path: Path, calib_x: np.ndarray, se
     except Exception as e:
         raise QuantizeError(f"{pre_path}: static quantization ({method}, per_channel={per_channel}) failed "
                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def output_head_nodes(pre_path: Path, output: str) -> "list[str]":
+    """Names of the nodes that only `output` needs: from the node producing it back to where its chain meets the
+    rest of the graph (a tensor another node also reads). Empty when the graph has no such output.
+
+    Why the garment head stays FP32: static quantization fixes each tensor's range from calibration images, which
+    are all garment photos, and every range includes 0, so the empty frames' negative garment logits, the very
+    values the camera's 'uncertain' is decided on, would be clipped to 0. The head is one small linear layer."""
+    import onnx
+    g = onnx.load(str(pre_path), load_external_data=False).graph
+    if output not in {o.name for o in g.output}:
+        return []
+    producer = {t: n for n in g.node for t in n.output}
+    readers: dict = {}
+    for n in g.node:
+        for t in n.input:
+            readers[t] = readers.get(t, 0) + 1
+    inits = {i.name for i in g.initializer}
+    chain, tensor = [], output
+    while tensor in producer:
+        node = producer[tensor]
+        chain.append(node.name)
+        data = [t for t in node.input if t and t not in inits]
+        if len(data) != 1 or readers.get(data[0], 0) != 1:
+            break
+        tensor = data[0]
+    return chain
 
 
 def quantize_static_search(fp32_path: Path, out_path: Path, calib_x: np.ndarray, val_x: np.ndarray,

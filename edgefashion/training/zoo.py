@@ -702,13 +702,16 @@ class Ensemble(nn.Module):
     of 2N, so the graph holds each member once."""
 
     def __init__(self, members: Sequence[nn.Module], flip: bool = False,
-                 locator: "BoxHead | None" = None) -> None:
+                 locator: "BoxHead | None" = None, garment: "GarmentHead | None" = None) -> None:
         super().__init__()
         if len(members) < (1 if flip or locator is not None else 2):
             raise EnsembleError("an ensemble needs at least two members (or one, with --flip or a locator)")
+        if garment is not None and locator is None:
+            raise EnsembleError("a garment head comes with a locator (edgefashion locate trains both)")
         self.members = nn.ModuleList(members)
         self.flip = bool(flip)
         self.locator = locator
+        self.garment = garment
         # (trunk, head) of the first member, views of its own modules (a plain tuple: not registered again, so the
         # state dict keeps one copy); split_features refuses a network the box head cannot read.
         self._first_split = split_features(members[0]) if locator is not None else None
@@ -717,7 +720,7 @@ class Ensemble(nn.Module):
         n = x.shape[0]
         if self.flip:
             x = torch.cat([x, torch.flip(x, dims=[3])], 0)
-        box = None
+        box = garment = None
         out = None
         for i, m in enumerate(self.members):
             if i == 0 and self.locator is not None:
@@ -726,6 +729,8 @@ class Ensemble(nn.Module):
                 features, head = self._first_split
                 f = features(x)
                 box = self.locator(f[:n])
+                if self.garment is not None:
+                    garment = self.garment(f[:n])
                 logits = head(f)
             else:
                 logits = m(x)
@@ -733,7 +738,9 @@ class Ensemble(nn.Module):
         if self.flip:
             out = out[:n] + out[n:]
         out = out * (1.0 / (len(self.members) * (2 if self.flip else 1)))
-        return out if box is None else (out, box)
+        if box is None:
+            return out
+        return (out, box) if garment is None else (out, box, garment)
 
 
 class BoxHead(nn.Module):
@@ -745,6 +752,21 @@ class BoxHead(nn.Module):
         super().__init__()
         self.net = nn.Sequential(nn.Conv2d(channels, reduced, 1), nn.ReLU(), nn.Flatten(),
                                  nn.Linear(reduced * grid * grid, hidden), nn.ReLU(), nn.Linear(hidden, 4))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.net(f)
+
+
+class GarmentHead(nn.Module):
+    """Is there a garment at all: (N, 1), a logit of 'garment' against 'only a room', from a classifier's last
+    feature map (pooled: where the garment is does not matter here). The camera's 'uncertain' reads it instead
+    of the logits' energy when the file has it: a score learnt on empty training scenes ranks empty frames
+    below garment frames far better than how confident the classes are (benchmarks/camera/README.md, "A garment
+    detector")."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 1))
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         return self.net(f)
@@ -780,4 +802,6 @@ def build_ensemble(model_args: dict) -> Ensemble:
                             "(one with flip)")
     loc = model_args.get("locator")
     locator = BoxHead(int(loc["channels"]), int(loc["grid"])) if loc else None
-    return Ensemble([create_model(m["model"], **m["model_args"]) for m in members], flip=flip, locator=locator)
+    garment = GarmentHead(int(loc["channels"])) if loc and loc.get("garment") else None
+    return Ensemble([create_model(m["model"], **m["model_args"]) for m in members], flip=flip, locator=locator,
+                    garment=garment)
