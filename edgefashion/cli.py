@@ -266,8 +266,12 @@ def ensemble_cmd(checkpoints, out, data_dir, soup, flip):
                    "reads instead of the logits' energy.")
 @click.option("--empty-frames", type=click.IntRange(min=16), default=None,
               help="Garment-free training scenes for the garment head [default: a quarter of --frames].")
+@click.option("--camera-margin", type=click.FloatRange(min=1.0), default=None,
+              help="The located square's margin the camera will use (roi auto:M), for the garment head's "
+                   "cross-validated threshold [default: auto's own, 1.1].")
 @_fails_with_message(_training_errors, interrupt=True)
-def locate_cmd(checkpoint, out, data_dir, frames, val_frames, epochs, lr, seed, garment, empty_frames):
+def locate_cmd(checkpoint, out, data_dir, frames, val_frames, epochs, lr, seed, garment, empty_frames,
+               camera_margin):
     """Teach a trained photo model where the garment is in a camera frame: a small box head on its frozen
     feature map (the classifier is unchanged). The exported file has a second output, `box`, and the camera's
     `--roi auto` classifies the whole frame and the square around the garment, and averages them. With
@@ -282,6 +286,7 @@ def locate_cmd(checkpoint, out, data_dir, frames, val_frames, epochs, lr, seed, 
     from .training.locate import fit_locator
     fit_locator(checkpoint, out, frames=frames, val_frames=val_frames, epochs=epochs, lr=lr, seed=seed,
                 data_dir=data_dir, garment=garment, empty_frames=empty_frames,
+                **({} if camera_margin is None else {"camera_margin": camera_margin}),
                 log=lambda m: click.echo(m, err=True))
 
 

@@ -45,7 +45,8 @@ def test_locate_keeps_the_classifier_and_adds_a_box(runs):
     assert set(ckpt["locator"]["empty_vs_garment"]) == {"energy_t16", "garment_head"}
     assert all(0 <= r["auroc"] <= 1 for r in ckpt["locator"]["empty_vs_garment"].values())
     cv = ckpt["locator"]["garment_cv"]
-    assert cv["folds"] == 5 and cv["reject"] == 0.9 and set(cv["per_scene_rejected"]) <= {
+    assert cv["folds"] == 5 and cv["reject"] == 0.9 and cv["two_views"] is True and cv["camera_margin"] == 1.1
+    assert set(cv["per_scene_rejected"]) <= {
         p.name for p in __import__("edgefashion.data.scene", fromlist=["x"]).background_paths("train")}
     model, meta = model_from_checkpoint(ckpt)
     assert isinstance(model, Ensemble) and meta.model == "resnet10-locate"
@@ -259,4 +260,9 @@ def test_garment_head_cross_validation_finds_the_scenes_it_cannot_reject():
         in_sample = float(np.quantile(head(fe[:, :, None, None])[:, 0].numpy(), 0.9))
     assert cv["cut"] > in_sample
     worst = sorted(cv["per_scene_rejected"], key=cv["per_scene_rejected"].get)[:2]
-    assert sorted(worst) == [10, 11] and cv["scenes_below_80"] >= 2 and 0 <= cv["garment_kept"] <= 1
+    assert sorted(worst) == [10, 11] and cv["scenes_below_80"] >= 2 and 0 <= cv["garment_kept_one_view"] <= 1
+    assert cv["two_views"] is False and cv["cut"] == cv["cut_one_view"]
+    # A second view that looks more like a garment (as the located square of an empty scene does) raises the cut.
+    two = garment_head_cv(fg, sg, fe, se, 8, folds=4, seed=0, fe_second=fe + torch.where(
+        torch.arange(8) < 2, 1.0, 0.0))
+    assert two["two_views"] is True and two["cut"] > cv["cut"] and two["cut_one_view"] == cv["cut_one_view"]

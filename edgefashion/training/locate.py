@@ -78,19 +78,39 @@ def make_frames(paths, labels, backgrounds, n: int, meta: ModelMeta, seed: int,
             "y": np.asarray(ys, np.int64), "scene": np.asarray(scenes, np.int64), "frames": frames}
 
 
-def make_empty_frames(backgrounds, n: int, meta: ModelMeta, seed: int) -> dict:
+def make_empty_frames(backgrounds, n: int, meta: ModelMeta, seed: int, keep_frames: bool = False) -> dict:
     """n garment-free camera frames (views of `backgrounds` under the same camera conditions as make_frames'),
-    preprocessed as the runtime does (`x`), and which background each shows (`scene`): what the camera sees
-    between garments."""
+    preprocessed as the runtime does (`x`), which background each shows (`scene`) and, with `keep_frames`, the
+    frames themselves: what the camera sees between garments."""
     rng = np.random.default_rng(seed)
-    xs, scenes = [], []
+    xs, scenes, frames = [], [], []
     for _ in range(n):
         b = int(rng.integers(len(backgrounds)))
         frame = scene.view_of(backgrounds[b], rng, FRAME_W, FRAME_H)
         blur = (int(rng.integers(5, 16)), float(rng.uniform(0, 180))) if rng.random() < 0.25 else None
-        xs.append(preprocess([scene.finish(frame, scene.Look.random(rng), rng, blur)], meta)[0])
+        frame = scene.finish(frame, scene.Look.random(rng), rng, blur)
+        xs.append(preprocess([frame], meta)[0])
         scenes.append(b)
-    return {"x": np.stack(xs).astype(np.float32), "scene": np.asarray(scenes, np.int64)}
+        if keep_frames:
+            frames.append(frame)
+    return {"x": np.stack(xs).astype(np.float32), "scene": np.asarray(scenes, np.int64), "frames": frames}
+
+
+@torch.no_grad()
+def located_views(trunk: nn.Module, box_head: nn.Module, frames: list, meta: ModelMeta, margin: float,
+                  batch: int = 128) -> np.ndarray:
+    """The camera's second view of each frame (roi auto:`margin`): the mirrored square around the garment the
+    box head finds, preprocessed as FrameRunner does it (Classifier.located_logits)."""
+    out = []
+    for i in range(0, len(frames), batch):
+        part = frames[i:i + batch]
+        boxes = box_head(trunk(torch.from_numpy(preprocess(part, meta)))).numpy()
+        crops = []
+        for frame, b in zip(part, boxes):
+            x0, y0, x1, y1 = located_crop(frame.shape[0], frame.shape[1], meta, b, margin)
+            crops.append(frame[y0:y1, x0:x1])
+        out.append(np.ascontiguousarray(preprocess(crops, meta)[..., ::-1]))
+    return np.concatenate(out)
 
 
 GARMENT_CV_FOLDS = 5
@@ -98,12 +118,15 @@ GARMENT_CV_REJECT = 0.9  # the camera's bar: 90% of empty frames 'uncertain' (be
 
 
 def garment_head_cv(fg: torch.Tensor, sg: np.ndarray, fe: torch.Tensor, se: np.ndarray, channels: int,
-                    folds: int = GARMENT_CV_FOLDS, seed: int = 0) -> dict:
+                    folds: int = GARMENT_CV_FOLDS, seed: int = 0, fe_second: torch.Tensor | None = None) -> dict:
     """How the garment head does on scenes it never saw: the training scenes split into `folds` groups, a head
     fitted without each group scores that group's frames (garment frames `fg` and empty ones `fe`, pooled
     features, with their scenes `sg`, `se`). Returns the garment logit below which GARMENT_CV_REJECT of those
-    unseen empty frames fall (`cut`: a background logit that keeps that promise on new scenes, one view), the
-    garment frames kept above it, and the scenes that are rejected least.
+    unseen empty frames fall (`cut`: a background logit that keeps that promise on new scenes), the garment
+    frames kept above it (one view), and the scenes that are rejected least. With `fe_second`, the empty frames'
+    second view as the camera runs them (roi auto: the mirrored located square), an empty frame's score is the
+    mean of its two views', as the camera averages them: the box head finds the most garment-like part of an
+    empty scene, and that view scores higher (`cut_one_view` keeps the whole frame's alone).
 
     Why: the calibration scenes (calib/) are five rendered abstracts, and a threshold fitted there rejected 87% of
     the benchmark's empty photographs, not 90%; the training scenes include cluttered real photographs, on
@@ -111,17 +134,22 @@ def garment_head_cv(fg: torch.Tensor, sg: np.ndarray, fe: torch.Tensor, se: np.n
     n_scenes = int(max(sg.max(), se.max())) + 1
     fold_of = np.empty(n_scenes, np.int64)
     fold_of[np.random.default_rng(seed).permutation(n_scenes)] = np.arange(n_scenes) % folds
-    og, oe = np.empty(len(fg)), np.empty(len(fe))
+    og, oe, oe2 = np.empty(len(fg)), np.empty(len(fe)), np.empty(len(fe))
     for k in range(folds):
         tg, te = fold_of[sg] == k, fold_of[se] == k
         head = fit_garment_head(fg[torch.from_numpy(~tg)], fe[torch.from_numpy(~te)], channels)
         with torch.no_grad():
             og[tg] = head(fg[torch.from_numpy(tg)][:, :, None, None])[:, 0].numpy()
             oe[te] = head(fe[torch.from_numpy(te)][:, :, None, None])[:, 0].numpy()
-    cut = float(np.quantile(oe, GARMENT_CV_REJECT))
-    per_scene = {int(b): float((oe[se == b] <= cut).mean()) for b in np.unique(se)}
-    return {"folds": folds, "reject": GARMENT_CV_REJECT, "cut": round(cut, 4),
-            "garment_kept": round(float((og > cut).mean()), 4), "auroc": round(_auroc(og, oe), 4),
+            if fe_second is not None:
+                oe2[te] = head(fe_second[torch.from_numpy(te)][:, :, None, None])[:, 0].numpy()
+    one_view = float(np.quantile(oe, GARMENT_CV_REJECT))
+    score = oe if fe_second is None else (oe + oe2) / 2
+    cut = float(np.quantile(score, GARMENT_CV_REJECT))
+    per_scene = {int(b): float((score[se == b] <= cut).mean()) for b in np.unique(se)}
+    return {"folds": folds, "reject": GARMENT_CV_REJECT, "cut": round(cut, 4), "two_views": fe_second is not None,
+            "cut_one_view": round(one_view, 4), "garment_kept_one_view": round(float((og > one_view).mean()), 4),
+            "auroc_one_view": round(_auroc(og, oe), 4),
             "scenes_below_80": sum(v < 0.8 for v in per_scene.values()), "per_scene_rejected": per_scene}
 
 
@@ -189,9 +217,11 @@ def box_errors(pred: np.ndarray, true: np.ndarray) -> dict:
 
 def fit_locator(src: str | Path, out: str | Path, *, frames: int = 8000, val_frames: int = 400, epochs: int = 60,
                 lr: float = 3e-3, seed: int = 0, data_dir: str | None = None, garment: bool = True,
-                empty_frames: int | None = None, log: Callable[[str], None] = print) -> dict:
+                empty_frames: int | None = None, camera_margin: float = LOCATE_MARGIN,
+                log: Callable[[str], None] = print) -> dict:
     """Train a box head on `src`'s frozen trunk and, with `garment`, a garment-or-empty head on the same map
-    (`empty_frames` garment-free training scenes, a quarter of `frames` by default); write `out`/best.pt (the
+    (`empty_frames` garment-free training scenes, a quarter of `frames` by default; cross-validated over the
+    training scenes as the camera will run it, roi auto:`camera_margin`); write `out`/best.pt (the
     ensemble checkpoint with them) and return the report (box errors on validation frames, top-1 of the whole
     frame vs whole + located crop, and how well each score tells garment frames from empty ones)."""
     t0 = time.perf_counter()
@@ -238,17 +268,21 @@ def fit_locator(src: str | Path, out: str | Path, *, frames: int = 8000, val_fra
     garment_head = None
     if garment:
         n_empty = max(64, frames // 4) if empty_frames is None else int(empty_frames)
-        empty = make_empty_frames(scene.backgrounds("train"), n_empty, meta, seed + 2)
+        empty = make_empty_frames(scene.backgrounds("train"), n_empty, meta, seed + 2, keep_frames=True)
         fe = features(trunk, empty["x"]).mean((2, 3))
+        fe_second = features(trunk, located_views(trunk, head, empty["frames"], meta, camera_margin)).mean((2, 3))
+        del empty["frames"]
         fg = f.mean((2, 3))
         garment_head = fit_garment_head(fg, fe, int(f.shape[1]))
-        cv = garment_head_cv(fg, tr["scene"], fe, empty["scene"], int(f.shape[1]), seed=seed)
+        cv = garment_head_cv(fg, tr["scene"], fe, empty["scene"], int(f.shape[1]), seed=seed, fe_second=fe_second)
+        cv["camera_margin"] = camera_margin
         names = [p.name for p in scene.background_paths("train")]
         cv["per_scene_rejected"] = {names[b]: round(v, 4) for b, v in cv["per_scene_rejected"].items()}
         log(f"locate: garment head on {len(f)} garment and {n_empty} empty training frames; on scenes it did not "
             f"see ({cv['folds']}-fold over the training scenes): {cv['reject']:.0%} of empty frames below "
-            f"{cv['cut']:.4f}, {cv['garment_kept']:.3f} of garment frames above, {cv['scenes_below_80']} scenes "
-            f"rejected under 80% ({time.perf_counter() - t0:.0f} s)")
+            f"{cv['cut']:.4f} as the camera runs roi auto:{camera_margin:g} (the whole frame alone: "
+            f"{cv['cut_one_view']:.4f}, {cv['garment_kept_one_view']:.3f} of garment frames above), "
+            f"{cv['scenes_below_80']} scenes rejected under 80% ({time.perf_counter() - t0:.0f} s)")
     located = Ensemble(members, flip=flip, locator=head, garment=garment_head).eval()
     va = make_frames(*ds.splits[VAL], scene.backgrounds("calib"), val_frames, meta, seed + 1, keep_frames=True)
     va_empty = make_empty_frames(scene.backgrounds("calib"), max(16, val_frames // 2), meta, seed + 3)["x"]
