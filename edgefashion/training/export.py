@@ -32,6 +32,7 @@ from ..meta import ORT_DISABLED_OPTIMIZERS_KEY, MetaError, ModelMeta
 from ..reports import ExportReport, ReportError, TrainReport
 from ..names import (CHECKPOINTS, FP32_FILE, INT8_FILE, INT8_SUFFIX, REPORT_JSON, REPORT_MD, RESULTS_JSON, TEST, TRAIN,
                      VAL)
+from ..runtime.classifier import BOX_OUTPUT, GARMENT_OUTPUT
 from ..runtime.preprocess import normalize
 from . import qat
 from . import quantize as q
@@ -68,7 +69,7 @@ def export_onnx(model: torch.nn.Module, meta: ModelMeta, path: str | Path, *, op
             # may have a third, whether there is a garment at all.
             outputs = ["logits"]
             if _located(model):
-                outputs += ["box"] + (["garment"] if getattr(model, "garment", None) is not None else [])
+                outputs += [BOX_OUTPUT] + ([GARMENT_OUTPUT] if getattr(model, "garment", None) is not None else [])
             torch.onnx.export(model, (x,), buf, dynamo=False, input_names=["input"], output_names=outputs,
                               dynamic_axes={"input": {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
                               opset_version=opset, do_constant_folding=True)

@@ -97,20 +97,19 @@ def make_empty_frames(backgrounds, n: int, meta: ModelMeta, seed: int, keep_fram
 
 
 @torch.no_grad()
-def located_views(trunk: nn.Module, box_head: nn.Module, frames: list, meta: ModelMeta, margin: float,
-                  batch: int = 128) -> np.ndarray:
-    """The camera's second view of each frame (roi auto:`margin`): the mirrored square around the garment the
-    box head finds, preprocessed as FrameRunner does it (Classifier.located_logits)."""
-    out = []
-    for i in range(0, len(frames), batch):
-        part = frames[i:i + batch]
-        boxes = box_head(trunk(torch.from_numpy(preprocess(part, meta)))).numpy()
-        crops = []
-        for frame, b in zip(part, boxes):
-            x0, y0, x1, y1 = located_crop(frame.shape[0], frame.shape[1], meta, b, margin)
-            crops.append(frame[y0:y1, x0:x1])
-        out.append(np.ascontiguousarray(preprocess(crops, meta)[..., ::-1]))
-    return np.concatenate(out)
+def boxes_of(box_head: nn.Module, f: torch.Tensor, batch: int = 128) -> np.ndarray:
+    """The box head's boxes for feature maps `f` (N, C, G, G), in `features`' batches."""
+    return torch.cat([box_head(f[i:i + batch]) for i in range(0, len(f), batch)]).numpy()
+
+
+def located_views(frames: list, boxes: np.ndarray, meta: ModelMeta, margin: float) -> np.ndarray:
+    """The camera's second view of each frame (roi auto:`margin`): the mirrored square around its box (the box
+    head's, fractions of the model's view), preprocessed as FrameRunner does it (Classifier.located_logits)."""
+    crops = []
+    for frame, b in zip(frames, boxes):
+        x0, y0, x1, y1 = located_crop(frame.shape[0], frame.shape[1], meta, b, margin)
+        crops.append(frame[y0:y1, x0:x1])
+    return np.ascontiguousarray(preprocess(crops, meta)[..., ::-1])
 
 
 GARMENT_CV_FOLDS = 5
@@ -269,8 +268,11 @@ def fit_locator(src: str | Path, out: str | Path, *, frames: int = 8000, val_fra
     if garment:
         n_empty = max(64, frames // 4) if empty_frames is None else int(empty_frames)
         empty = make_empty_frames(scene.backgrounds("train"), n_empty, meta, seed + 2, keep_frames=True)
-        fe = features(trunk, empty["x"]).mean((2, 3))
-        fe_second = features(trunk, located_views(trunk, head, empty["frames"], meta, camera_margin)).mean((2, 3))
+        fe_map = features(trunk, empty["x"])  # one trunk pass: its pooled map for the head, its boxes for the crops
+        fe = fe_map.mean((2, 3))
+        second = located_views(empty["frames"], boxes_of(head, fe_map), meta, camera_margin)
+        del fe_map
+        fe_second = features(trunk, second).mean((2, 3))
         del empty["frames"]
         fg = f.mean((2, 3))
         garment_head = fit_garment_head(fg, fe, int(f.shape[1]))
@@ -319,7 +321,7 @@ def _auroc(pos: np.ndarray, neg: np.ndarray) -> float:
 
 
 def _separation(pos: np.ndarray, neg: np.ndarray) -> dict:
-    cut = np.quantile(neg, 0.9)
+    cut = np.quantile(neg, GARMENT_CV_REJECT)
     return {"auroc": round(_auroc(pos, neg), 4), "garment_kept_at_90": round(float((pos > cut).mean()), 4)}
 
 

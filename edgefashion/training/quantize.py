@@ -24,11 +24,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from ..runtime.classifier import GARMENT_OUTPUT
-
 import numpy as np
 
 from ..names import TRAIN
+from ..runtime.classifier import GARMENT_OUTPUT
 from ..runtime.cpu import detect_cpu  # noqa: F401
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
