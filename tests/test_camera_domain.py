@@ -304,3 +304,30 @@ def test_scene_crops_are_recoloured_and_joined_but_stay_real_pixels():
     n = len(bg)  # P_BG_RECOLOUR 0.5, P_BG_COLLAGE 0.3 (an edge that misses the frame joins nothing)
     assert 0.25 * n < kinds["kept"] < 0.5 * n and 0.2 * n < kinds["recoloured"] < 0.5 * n
     assert 0.1 * n < kinds["joined"] < 0.4 * n
+
+
+def test_calibration_can_promise_the_empty_frame_bar_with_a_margin_for_scene_variation():
+    run = load_script(REPO / "benchmarks" / "camera" / "run.py", "camera_bench_run")
+    # Ten items of two frames, each followed by a background stretch of ten frames; nine stretches are plainly
+    # empty (P(garment) 0.1), one is a scene the model takes for a garment (0.5).
+    truth, item, frames = [], [], []
+    for k in range(10):
+        truth += ["hat", "hat"] + [None] * 10
+        item += [k, k] + [-1] * 10
+        frames += [{"top": [{"label": "hat", "prob": 0.9}], "garment": 0.99}] * 2
+        frames += [{"top": [{"label": "hat", "prob": 0.9}], "garment": 0.5 if k == 9 else 0.1}] * 10
+    labels = {"truth": truth, "item": item}
+    assert [len(s) for s in run.background_stretches(labels)] == [10] * 10
+    assert run.background_stretches({"truth": [None, "a", None, None]}) == [[0], [2, 3]]
+    # At 0.3 exactly 90% of the video's empty frames are 'uncertain', but a resample of its stretches holds the
+    # bad scene twice or more about a quarter of the time: 1 - 0.9^10 - 10 * 0.1 * 0.9^9 = 0.264.
+    assert run.score(frames, labels, 0.3)["background_uncertain"] == 0.9
+    assert run.rejection_confidence(frames, labels, 0.3) == pytest.approx(0.736, abs=0.03)
+    assert run.rejection_confidence(frames, labels, 0.6) == 1.0
+    assert run.rejection_confidence(frames, {"truth": ["hat"], "item": [0]}, 0.3) is None
+    loose = run.calibrate({("full", 1.0, 16.0, 0.0): frames}, labels)
+    assert loose["met_background_target"] and loose["threshold"] <= 0.5 and "confidence_level" not in loose
+    sure = run.calibrate({("full", 1.0, 16.0, 0.0): frames}, labels, confidence_level=0.8)
+    assert sure["met_background_target"] and 0.5 < sure["threshold"] <= 0.99
+    assert sure["scores"]["background_confidence"] >= 0.8 and sure["confidence_level"] == 0.8
+    assert sure["scores"]["item_majority_accuracy"] == 1.0

@@ -127,9 +127,10 @@ def garment_head_cv(fg: torch.Tensor, sg: np.ndarray, fe: torch.Tensor, se: np.n
     mean of its two views', as the camera averages them: the box head finds the most garment-like part of an
     empty scene, and that view scores higher (`cut_one_view` keeps the whole frame's alone).
 
-    Why: the calibration scenes (calib/) are five rendered abstracts, and a threshold fitted there rejected 87% of
-    the benchmark's empty photographs, not 90%; the training scenes include cluttered real photographs, on
-    which a head that has not seen them is least sure (benchmarks/camera/README.md, "A garment detector")."""
+    Why: the calibration scenes (calib/) were then five landscapes and renders, and a threshold fitted there
+    rejected 87% of the benchmark's empty photographs, not 90%; the training scenes include cluttered real
+    photographs, on which a head that has not seen them is least sure (benchmarks/camera/README.md, "A garment
+    detector")."""
     n_scenes = int(max(sg.max(), se.max())) + 1
     fold_of = np.empty(n_scenes, np.int64)
     fold_of[np.random.default_rng(seed).permutation(n_scenes)] = np.arange(n_scenes) % folds
