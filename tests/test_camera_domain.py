@@ -331,3 +331,7 @@ def test_calibration_can_promise_the_empty_frame_bar_with_a_margin_for_scene_var
     assert sure["met_background_target"] and 0.5 < sure["threshold"] <= 0.99
     assert sure["scores"]["background_confidence"] >= 0.8 and sure["confidence_level"] == 0.8
     assert sure["scores"]["item_majority_accuracy"] == 1.0
+    for bad, says in (("1.5", "--confidence must be at least 0 and below 1"), ("0.8", "only applies with --calibrate")):
+        p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "camera" / "run.py"), "--confidence", bad],
+                           capture_output=True, text=True)
+        assert p.returncode == 2 and says in p.stderr, p.stderr

@@ -356,6 +356,10 @@ def main() -> None:
                          "on each model, and record its live accuracy and FPS: with the --roi, --threshold, --smooth, "
                          "--temperature and --background-logit given where each is one value, else the model's own.")
     args = ap.parse_args()
+    if not 0 <= args.confidence < 1:
+        ap.error(f"--confidence must be at least 0 and below 1 (a share of resamples), got {args.confidence}")
+    if args.confidence and not args.calibrate:
+        ap.error("--confidence only applies with --calibrate")
     video = Path(args.video)
     labels = json.loads(video.with_suffix(".labels.json").read_text())
     models = [Path(m) for m in (args.model or [DEFAULT_MODEL])]
