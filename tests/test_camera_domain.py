@@ -236,6 +236,11 @@ def test_benchmark_video_is_labelled_and_scored(tmp_path):
     labels = json.loads(out.with_suffix(".labels.json").read_text())
     assert labels["frames"] == 4 * 3 + 2 * 3 and labels["truth"].count(None) == 6
     assert set(labels["backgrounds"]) == {p.name for p in scene.background_paths("heldout")}
+    # Each background stretch records where it starts and which scene it shows: items 0-1, a stretch, items 2-3,
+    # a stretch.
+    assert [(st["first"], st["frames"]) for st in labels["stretches"]] == [(6, 3), (15, 3)]
+    assert all(labels["truth"][i] is None for st in labels["stretches"] for i in range(st["first"], st["first"] + 3))
+    assert all(0 <= st["background"] < len(labels["backgrounds"]) for st in labels["stretches"])
     cap = cv2.VideoCapture(str(out))
     n = 0
     while cap.read()[0]:
@@ -331,6 +336,11 @@ def test_calibration_can_promise_the_empty_frame_bar_with_a_margin_for_scene_var
     assert sure["met_background_target"] and 0.5 < sure["threshold"] <= 0.99
     assert sure["scores"]["background_confidence"] >= 0.8 and sure["confidence_level"] == 0.8
     assert sure["scores"]["item_majority_accuracy"] == 1.0
+    # Per scene, when the labels say which scene each stretch shows: the bad one is never 'uncertain' at 0.3.
+    scenes = {**labels, "backgrounds": ["plain", "busy"],
+              "stretches": [{"first": 12 * k + 2, "frames": 10, "background": int(k == 9)} for k in range(10)]}
+    assert run.background_by_scene(frames, scenes, 0.3) == {"busy": 0.0, "plain": 1.0}
+    assert run.background_by_scene(frames, labels, 0.3) is None
     for bad, says in (("1.5", "--confidence must be at least 0 and below 1"), ("0.8", "only applies with --calibrate")):
         p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "camera" / "run.py"), "--confidence", bad],
                            capture_output=True, text=True)

@@ -10,7 +10,8 @@ drifting offset, a small rotation and scale change) and motion blur on about a q
 'uncertain').
 
 Writes VIDEO.mp4 (640x480, 30 fps, mp4v) and VIDEO.labels.json: per frame the true label (null on background
-frames) and the item index (-1 on background frames), plus the generation parameters.
+frames) and the item index (-1 on background frames), each background stretch's first frame and scene
+(`stretches`, indices into `backgrounds`), plus the generation parameters.
 
     python benchmarks/camera/make_videos.py [--out benchmarks/camera/videos/bench.mp4] [--limit N]
 """
@@ -62,7 +63,7 @@ def main() -> None:
     writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (W, H))
     if not writer.isOpened():
         sys.exit(f"{out}: cannot write an mp4v video there")
-    truth, items, meta_items = [], [], []
+    truth, items, meta_items, stretches = [], [], [], []
 
     def emit(frame: np.ndarray, label, item: int) -> None:
         writer.write(frame)
@@ -98,6 +99,7 @@ def main() -> None:
                            "height": round(height, 3), "background": b, "cut_out": bool(alpha.min() < 0.5)})
         if (n + 1) % args.bg_every == 0:
             b = int(rng.integers(len(bgs)))
+            stretches.append({"first": len(truth), "frames": args.hold, "background": b})
             shaky_frames(scene.view_of(bgs[b], rng, W, H), None, None, None, -1, scene.Look.random(rng), 0, 0, 0)
     writer.release()
     labels_file = out.with_suffix(".labels.json")
@@ -106,6 +108,7 @@ def main() -> None:
         "seed": args.seed, "data": f"clothing-small/{args.split}", "background_set": args.backgrounds,
         "backgrounds": [p.name for p in scene.background_paths(args.backgrounds)],
         "frames": len(truth), "items": len(meta_items), "truth": truth, "item": items, "item_info": meta_items,
+        "stretches": stretches,
     }) + "\n")
     print(f"{out}: {len(truth)} frames, {len(meta_items)} items, "
           f"{sum(t is None for t in truth)} background-only frames, {time.perf_counter() - t0:.0f} s; "

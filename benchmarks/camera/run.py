@@ -116,6 +116,19 @@ def rejection_confidence(frames: list, labels: dict, threshold: float, seed: int
     return round(float((rate >= MIN_BACKGROUND_UNCERTAIN - 1e-9).mean()), 4)
 
 
+def background_by_scene(frames: list, labels: dict, threshold: float) -> "dict | None":
+    """Per scene, the share of its background-only frames that show 'uncertain' (videos whose labels record each
+    stretch's scene, `stretches`): empty-frame rejection varies most from scene to scene."""
+    names, st = labels.get("backgrounds"), labels.get("stretches")
+    if not names or not st:
+        return None
+    out: dict = {}
+    for s in st:
+        out.setdefault(names[s["background"]], []).extend(
+            confidence(frames[i]) < threshold for i in range(s["first"], s["first"] + s["frames"]))
+    return {n: round(sum(v) / len(v), 4) for n, v in sorted(out.items())}
+
+
 def auroc(pos: list, neg: list) -> "float | None":
     """P(a positive's score > a negative's), ties counting half (the Mann-Whitney statistic)."""
     if not pos or not neg:
@@ -276,6 +289,15 @@ def write_md(results: dict, path: Path) -> None:
                 lines.append(f"| {r['name']} | {r['roi']} | {r['smooth']} | {r.get('temperature', 1.0)} | {_b(r)} | "
                              f"{a['threshold']}{'' if a['met_background_target'] else '*'} | {sc['frame_accuracy']:.1%} | "
                              f"{sc['item_majority_accuracy']:.1%} | {sc['background_uncertain']:.1%} |")
+    by_scene = [r for r in results["runs"] if r.get("background_by_scene")]
+    if by_scene:
+        scenes = list(by_scene[0]["background_by_scene"])
+        lines += ["", "Background-only frames 'uncertain', per scene (each row at its own threshold):", "",
+                  "| model | roi | B | " + " | ".join(scenes) + " |",
+                  "| --- | --- | ---: | " + " | ".join("---:" for _ in scenes) + " |"]
+        for r in by_scene:
+            lines.append(f"| {r['name']} | {r['roi']} | {_b(r)} | "
+                         + " | ".join(f"{r['background_by_scene'].get(n, 0):.0%}" for n in scenes) + " |")
     lines += ["", "Other thresholds, scored from the same runs (frames right / item majority / background "
                   "uncertain):", "",
               "| model | roi | smooth | T | B | " + " | ".join(f"t={t}" for t in SWEEP) + " |",
@@ -382,6 +404,7 @@ def main() -> None:
             s = score(frames, labels, summary["threshold"])
             runs.append({"name": name, "model": str(model), "roi": roi, "smooth": smooth, "temperature": temp,
                          "background_logit": bgl, "scores": s, "garment_auroc": separation(frames, labels),
+                         "background_by_scene": background_by_scene(frames, labels, summary["threshold"]),
                          "fps": summary["fps"],
                          "latency_ms": summary["latency_ms"], "sweep": [score(frames, labels, th) for th in SWEEP],
                          "command": " ".join(["edgefashion", *cmd[3:]])})
