@@ -292,7 +292,7 @@ def write_md(results: dict, path: Path) -> None:
     by_scene = [r for r in results["runs"] if r.get("background_by_scene")]
     if by_scene:
         scenes = list(by_scene[0]["background_by_scene"])
-        lines += ["", "Background-only frames 'uncertain', per scene (each row at its own threshold):", "",
+        lines += ["", "Background-only frames 'uncertain', per scene (each row at the threshold it ran at):", "",
                   "| model | roi | B | " + " | ".join(scenes) + " |",
                   "| --- | --- | ---: | " + " | ".join("---:" for _ in scenes) + " |"]
         for r in by_scene:
