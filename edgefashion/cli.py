@@ -11,6 +11,7 @@ from typing import Callable
 import click
 
 from . import __version__
+from .meta import LOCATE_MARGIN
 from .names import CLOTHING_SMALL, DATASETS, EVAL_SPLITS, FASHION_MNIST, TEST
 
 TRAIN_EXTRA_HINT = 'this command needs the training extra: pip install "edgefashion[train]"'
@@ -266,9 +267,9 @@ def ensemble_cmd(checkpoints, out, data_dir, soup, flip):
                    "reads instead of the logits' energy.")
 @click.option("--empty-frames", type=click.IntRange(min=16), default=None,
               help="Garment-free training scenes for the garment head [default: a quarter of --frames].")
-@click.option("--camera-margin", type=click.FloatRange(min=1.0), default=None,
+@click.option("--camera-margin", type=click.FloatRange(min=1.0), default=LOCATE_MARGIN, show_default=True,
               help="The located square's margin the camera will use (roi auto:M), for the garment head's "
-                   "cross-validated threshold [default: auto's own, 1.1].")
+                   "cross-validated threshold [default: auto's own].")
 @_fails_with_message(_training_errors, interrupt=True)
 def locate_cmd(checkpoint, out, data_dir, frames, val_frames, epochs, lr, seed, garment, empty_frames,
                camera_margin):
@@ -286,7 +287,7 @@ def locate_cmd(checkpoint, out, data_dir, frames, val_frames, epochs, lr, seed, 
     from .training.locate import fit_locator
     fit_locator(checkpoint, out, frames=frames, val_frames=val_frames, epochs=epochs, lr=lr, seed=seed,
                 data_dir=data_dir, garment=garment, empty_frames=empty_frames,
-                **({} if camera_margin is None else {"camera_margin": camera_margin}),
+                camera_margin=camera_margin,
                 log=lambda m: click.echo(m, err=True))
 
 

@@ -263,8 +263,9 @@ def write_md(results: dict, path: Path) -> None:
         for name, d in results["demo"].items():
             lines.append(f"| {name} | {d['frames']} | {d['accuracy']:.1%} | {d['accuracy_top1']:.1%} | {d['uncertain_frames']} | {d['roi']} | "
                          f"{d['smooth']} | {d.get('temperature') or 1.0} | {_b(d)} | {d['threshold']} | {d['fps']} |")
+    # The confidence level the calibration asked for (0: none), named wherever the 90% bar is.
+    level = max([c.get("confidence_level", 0) for c in (results.get("calibration") or {}).values()] + [0])
     if results.get("calibration"):
-        level = max(c.get("confidence_level", 0) for c in results["calibration"].values())
         margin = (f", and reaching it in at least {level:.0%} of {BOOTSTRAP_RESAMPLES} bootstrap resamples of the "
                   f"video's background stretches" if level else "")
         lines += ["", f"Calibrated camera defaults (best item-majority accuracy with at least "
@@ -276,7 +277,6 @@ def write_md(results: dict, path: Path) -> None:
             lines.append(f"| {name} | {c['roi']} | {c['smooth']} | {c['temperature']} | {_b(c)} | {c['threshold']} | {sc['frame_accuracy']:.1%} | "
                          f"{sc['item_majority_accuracy']:.1%} | {sc['background_uncertain']:.1%} |")
     if any("at_target" in r for r in results["runs"]):
-        level = max([c.get("confidence_level", 0) for c in results.get("calibration", {}).values()] + [0])
         lines += ["", f"Each setting at its own threshold (the best item majority keeping at least "
                       f"{MIN_BACKGROUND_UNCERTAIN:.0%} of background frames uncertain"
                       f"{f', in at least {level:.0%} of resamples' if level else ''}; * where no threshold does):", "",
